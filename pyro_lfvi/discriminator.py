@@ -1,0 +1,89 @@
+r"""The ratio estimator :math:`r(x_n, z_n, \beta)`: a classifier's logit.
+
+A discriminator is any :class:`torch.nn.Module` whose ``forward`` takes three
+dicts keyed by site name and returns one logit per data point:
+
+* ``observed[name]``: shape ``(P, M, d)``, one row per data point;
+* ``local[name]``: shape ``(P, M, d)``, the local latents of each data point;
+* ``global_[name]``: shape ``(P, d)``, the global latents;
+* returns: shape ``(P, M)``.
+
+``P`` is the number of vectorised particles (1 otherwise), ``M`` the number of
+data points in the minibatch, ``d`` the flattened size of one data point's value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["MLPDiscriminator", "concat_features"]
+
+
+def concat_features(
+    observed: Mapping[str, torch.Tensor],
+    local: Mapping[str, torch.Tensor],
+    global_: Mapping[str, torch.Tensor],
+) -> torch.Tensor:
+    """Concatenate per-point features, broadcasting globals over data points."""
+    rows = list(observed.values()) + list(local.values())
+    lead = rows[0].shape[:-1]
+    for value in global_.values():
+        rows.append(value.unsqueeze(-2).expand(lead + value.shape[-1:]))
+    return torch.cat(rows, dim=-1)
+
+
+class MLPDiscriminator(nn.Module):
+    r"""
+    The default ratio estimator: a multilayer perceptron on the concatenated
+    per-data-point features ``[x_n, z_n, beta]``, with inputs standardised by
+    a fixed affine map fitted to the first batch of both joints.
+
+    The standardisation matters because the global latents vary over a range
+    as narrow as the posterior; it is stored as parameters (never trained) so
+    that it is saved and restored with Pyro's param store.
+
+    :param int input_size: number of features per data point.
+    :param hidden_sizes: widths of the hidden layers.
+    :type hidden_sizes: sequence of int
+    :param activation: activation module class (default :class:`torch.nn.ELU`).
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_sizes: Sequence[int] = (64, 64),
+        activation: type[nn.Module] = nn.ELU,
+    ) -> None:
+        super().__init__()
+        if input_size < 1:
+            raise ValueError(f"Expected input_size >= 1, actual {input_size}")
+        layers: list[nn.Module] = []
+        size = input_size
+        for width in hidden_sizes:
+            layers += [nn.Linear(size, int(width)), activation()]
+            size = int(width)
+        layers.append(nn.Linear(size, 1))
+        self.net = nn.Sequential(*layers)
+        self.input_loc = nn.Parameter(torch.zeros(input_size))
+        self.input_scale = nn.Parameter(torch.ones(input_size))
+
+    @torch.no_grad()
+    def fit_standardization(self, *feature_batches: torch.Tensor) -> None:
+        """Set the input standardisation from batches of features ``(..., d)``."""
+        feats = torch.cat([f.reshape(-1, f.shape[-1]) for f in feature_batches])
+        self.input_loc.copy_(feats.mean(0))
+        std = feats.std(0) if feats.shape[0] > 1 else torch.ones_like(feats[0])
+        self.input_scale.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
+
+    def forward(
+        self,
+        observed: Mapping[str, torch.Tensor],
+        local: Mapping[str, torch.Tensor],
+        global_: Mapping[str, torch.Tensor],
+    ) -> torch.Tensor:
+        feats = concat_features(observed, local, global_)
+        feats = (feats - self.input_loc.detach()) / self.input_scale.detach()
+        return self.net(feats).squeeze(-1)

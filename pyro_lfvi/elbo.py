@@ -1,0 +1,407 @@
+"""Likelihood-free variational inference as a :class:`pyro.infer.ELBO`."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import ELBO
+from pyro.infer.elbo import ELBOModule
+from pyro.poutine.util import site_is_subsample
+from torch import nn
+from torch.func import functional_call
+
+from .discriminator import MLPDiscriminator, concat_features
+from .pairing import PairedJoints, pair_joints
+from .ratio_losses import RatioLoss, resolve_ratio_loss
+from .validation import DiscriminatorError, check_positive_int, check_positive_number
+
+__all__ = ["LFVI"]
+
+_PARTICLE_PLATE = "_lfvi_particles"
+
+
+@contextlib.contextmanager
+def _rollback_on_error() -> Iterator[None]:
+    """Remove params first registered by a call that then fails."""
+    store = pyro.get_param_store()
+    before = set(store.keys())
+    try:
+        yield
+    except BaseException:
+        for name in set(store.keys()) - before:
+            del store[name]
+        raise
+
+
+class LFVIModule(ELBOModule):
+    """:class:`~pyro.infer.elbo.ELBOModule` that also owns the discriminator."""
+
+    elbo: LFVI
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        loss = self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
+        if "discriminator" not in self._modules and self.elbo.discriminator is not None:
+            self.discriminator = self.elbo.discriminator
+        return loss
+
+
+class LFVI(ELBO):
+    r"""
+    Likelihood-free variational inference [1] for hierarchical implicit models.
+
+    The model may contain :class:`~pyro_lfvi.ImplicitSite` sites (simulators
+    without a density) as its likelihood and as priors of local latents; the
+    guide's local sites may be implicit too. Global latents need an explicit
+    prior and an explicit, reparameterised guide. LFVI maximises
+
+    .. math::
+
+        \mathcal{L} = \mathbb{E}_{q(\beta)}[\log p(\beta) - \log q(\beta)]
+            + \sum_{n=1}^{N} \mathbb{E}_{q(\beta) q(z_n \mid x_n, \beta)}
+              [r(x_n, z_n, \beta)]
+
+    where the ratio estimator :math:`r \approx \log p(x_n, z_n \mid \beta) -
+    \log q(x_n, z_n \mid \beta)` is the logit of a discriminator trained, in
+    the same step and by the same optimiser, to tell model simulations
+    :math:`(x'_n, z'_n, \beta)`, :math:`z'_n \sim p(z \mid \beta)`,
+    :math:`x'_n \sim p(x \mid z'_n, \beta)` (label 1) from data with guide
+    draws :math:`(x_n, z_n, \beta)` (label 0) with a proper scoring rule
+    :math:`\mathcal{D}`. One backward pass carries both gradients: the ELBO's
+    reaches the guide through :math:`\beta` and :math:`z_n` only, never the
+    discriminator's weights, and :math:`\mathcal{D}`'s reaches the
+    discriminator only. With a subsampled data plate the sum is scaled by
+    :math:`N/M`.
+
+    A latent is *local* when it lies inside the data plate: the outermost plate
+    shared by all observed sites. Every other latent is *global*.
+
+    Example::
+
+        def model(x):
+            mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+            with pyro.plate("data", len(x), subsample_size=100) as i:
+                pyro.sample("x", ImplicitSite(lambda m: m + torch.randn_like(m), mu),
+                            obs=x[i])
+
+        def guide(x):
+            loc = pyro.param("loc", torch.tensor(0.0))
+            scale = pyro.param("scale", torch.tensor(1.0),
+                               constraint=constraints.positive)
+            pyro.sample("mu", dist.Normal(loc, scale))
+
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), LFVI())
+        for step in range(2000):
+            svi.step(x)
+
+    Defaults, and why:
+
+    * ``num_particles=8, vectorize_particles=True``: the discriminator learns
+      how the data's distribution moves with :math:`\beta` only from draws of
+      :math:`\beta` that differ; eight per step, in one vectorised pass, give it
+      that contrast within every batch and cut the variance of the ELBO
+      gradient. With one particle the posterior spread comes out 1.5-1.8x too
+      wide on a conjugate Normal model.
+    * ``hidden_sizes=(64, 64)`` with ELU: smooth enough to give useful input
+      gradients, wide enough for the per-point log ratios of the tutorials'
+      models. Inputs are standardised on the first batch.
+    * ``ratio_loss="log"``: the logistic loss estimates the log ratio itself;
+      the hinge loss only its sign.
+
+    :param int num_particles: draws of the guide per step (default 8).
+    :param bool vectorize_particles: draw them in one vectorised pass, in a
+        plate left of ``max_plate_nesting`` (default True). Simulators must
+        then broadcast over a leading batch dim, as :class:`ImplicitSite`
+        arranges for vectorised simulators.
+    :param int max_plate_nesting: bound on nested plates, guessed from one run
+        of model and guide if omitted.
+    :param discriminator: your own ratio estimator, an :class:`torch.nn.Module`
+        with ``forward(observed, local, global_)`` returning ``(P, M)`` logits
+        (see :mod:`pyro_lfvi.discriminator`); default a
+        :class:`~pyro_lfvi.MLPDiscriminator` built at the first step.
+    :type discriminator: torch.nn.Module or None
+    :param hidden_sizes: hidden widths of the default discriminator.
+    :type hidden_sizes: sequence of int
+    :param ratio_loss: ``"log"`` (Eq. 5), ``"hinge"`` (Appendix D) or a
+        callable ``(logits_p, logits_q) -> scalar``.
+    :type ratio_loss: str or callable
+    :param str discriminator_name: the name under which the discriminator's
+        weights live in Pyro's param store (default ``"lfvi_discriminator"``).
+
+    References
+
+    [1] `Hierarchical Implicit Models and Likelihood-Free Variational Inference`,
+        Dustin Tran, Rajesh Ranganath, David M. Blei (NIPS 2017),
+        https://arxiv.org/abs/1702.08896
+    """
+
+    def __init__(
+        self,
+        num_particles: int = 8,
+        vectorize_particles: bool = True,
+        max_plate_nesting: float = float("inf"),
+        discriminator: nn.Module | None = None,
+        hidden_sizes: Sequence[int] = (64, 64),
+        ratio_loss: str | RatioLoss = "log",
+        discriminator_name: str = "lfvi_discriminator",
+        widen: float = 5.0,
+        self_normalize: bool = True,
+        retain_graph: bool | None = None,
+    ) -> None:
+        num_particles = check_positive_int("num_particles", num_particles)
+        if discriminator is not None and not isinstance(discriminator, nn.Module):
+            raise ValueError(
+                f"Expected discriminator to be a torch.nn.Module or None, actual "
+                f"{type(discriminator).__name__}"
+            )
+        hidden = tuple(hidden_sizes)
+        for width in hidden:
+            check_positive_int("each of hidden_sizes", width)
+        if not isinstance(discriminator_name, str) or not discriminator_name:
+            raise ValueError(
+                f"Expected discriminator_name to be a non-empty str, actual {discriminator_name!r}"
+            )
+        self.ratio_loss: RatioLoss = resolve_ratio_loss(ratio_loss)
+        self.widen = check_positive_number("widen", widen)
+        if self.widen < 1.0:
+            raise ValueError(f"Expected widen >= 1 (1 turns widening off), actual {widen!r}")
+        self.self_normalize = bool(self_normalize)
+        super().__init__(
+            num_particles=num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+            retain_graph=retain_graph,
+        )
+        self.discriminator: nn.Module | None = discriminator
+        self.hidden_sizes = hidden
+        self.discriminator_name = discriminator_name
+        self.history: list[dict[str, float]] = []
+
+    def __call__(self, model: Any, guide: Any) -> LFVIModule:  # type: ignore[override]
+        return LFVIModule(model, guide, self)
+
+    def _get_trace(self, model: Any, guide: Any, args: Any, kwargs: Any) -> Any:
+        raise NotImplementedError(
+            "LFVI pairs two runs of the model with one of the guide and has no single "
+            "(model_trace, guide_trace) pair to return"
+        )
+
+    # -- pairing ---------------------------------------------------------------
+
+    def _max_nesting(
+        self, model: Callable[..., Any], guide: Callable[..., Any], args: Any, kwargs: Any
+    ) -> int:
+        if self.max_plate_nesting != float("inf"):
+            # ELBO.__init__ added one for the particle plate.
+            return int(self.max_plate_nesting) - 1
+        with poutine.block():
+            g = poutine.trace(guide).get_trace(*args, **kwargs)
+            m = poutine.trace(poutine.replay(model, trace=g)).get_trace(*args, **kwargs)
+        dims = [
+            -int(f.dim or 0)
+            for tr in (g, m)
+            for site in tr.nodes.values()
+            if site["type"] == "sample" and not site_is_subsample(site)
+            for f in site["cond_indep_stack"]
+        ]
+        nesting = max([*dims, 0])
+        self.max_plate_nesting = nesting + 1
+        return nesting
+
+    def _pair(
+        self, model: Callable[..., Any], guide: Callable[..., Any], args: Any, kwargs: Any
+    ) -> list[PairedJoints]:
+        if self.vectorize_particles and self.num_particles > 1:
+            dim = -self._max_nesting(model, guide, args, kwargs) - 1
+            plate = pyro.plate(_PARTICLE_PLATE, self.num_particles, dim=dim)
+            return [
+                pair_joints(
+                    plate(model),
+                    plate(guide),
+                    args,
+                    kwargs,
+                    _PARTICLE_PLATE,
+                    self.num_particles,
+                    self.widen,
+                )
+            ]
+        return [pair_joints(model, guide, args, kwargs) for _ in range(self.num_particles)]
+
+    # -- discriminator ---------------------------------------------------------
+
+    def _inputs(self, pair: PairedJoints, side: str) -> tuple[dict[str, torch.Tensor], ...]:
+        """Discriminator inputs: ``"q"`` for the ELBO, ``"p"``/``"t"`` for training."""
+        if side == "p":
+            return pair.p_observed, pair.p_local, pair.p_global
+        if side == "t":
+            return pair.q_observed, pair.t_local, pair.p_global
+        return pair.q_observed, pair.q_local, pair.q_global
+
+    def _build(self, pair: PairedJoints) -> nn.Module:
+        feats_q = concat_features(*self._inputs(pair, "t")).detach()
+        feats_p = concat_features(*self._inputs(pair, "p")).detach()
+        net = MLPDiscriminator(feats_q.shape[-1], self.hidden_sizes)
+        net.fit_standardization(feats_q, feats_p)
+        return net
+
+    def _logits(
+        self,
+        net: nn.Module,
+        pair: PairedJoints,
+        side: str,
+        detach_weights: bool,
+        detach_locals: bool = False,
+    ) -> torch.Tensor:
+        obs, loc, glob = self._inputs(pair, side)
+        if detach_locals:
+            loc = {k: v.detach() for k, v in loc.items()}
+        if detach_weights:
+            params = {k: v.detach() for k, v in net.named_parameters()}
+            out = functional_call(net, params, (obs, loc, glob))
+        else:
+            detach = lambda d: {k: v.detach() for k, v in d.items()}  # noqa: E731
+            out = net(detach(obs), detach(loc), detach(glob))
+        expected = (pair.num_particles, pair.roles.num_points)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise DiscriminatorError(
+                f"Expected the discriminator to return one logit per data point, shape "
+                f"{expected} (particles, points), actual {shape}. Its forward receives "
+                f"observed/local values of shape (P, M, d) and globals of shape (P, d)"
+            )
+        if not bool(torch.isfinite(out).all()):
+            raise DiscriminatorError(
+                "The discriminator returned NaN or inf logits; lower the learning rate "
+                "or clip gradients (e.g. pyro.optim.ClippedAdam)"
+            )
+        return out
+
+    def _discriminator(self, pair: PairedJoints) -> nn.Module:
+        if self.discriminator is None:
+            net = self._build(pair)
+            # Check the output before anything reaches the param store.
+            with torch.no_grad():
+                self._logits(net, pair, "q", detach_weights=True)
+            self.discriminator = net
+        else:
+            name = self.discriminator_name
+            fresh = not any(k.startswith(name + "$$$") for k in pyro.get_param_store().keys())
+            if fresh:
+                with torch.no_grad():
+                    self._logits(self.discriminator, pair, "q", detach_weights=True)
+        return pyro.module(self.discriminator_name, self.discriminator, update_module_params=True)
+
+    # -- objectives ------------------------------------------------------------
+
+    def _log_ratio(self, net: nn.Module, pair: PairedJoints) -> torch.Tensor:
+        """The ELBO's per-point log ratio ``r(x_n, z_n, beta)``, shape ``(P, M)``."""
+        logits = self._logits(net, pair, "q", detach_weights=True)
+        num_points = pair.roles.num_points
+        if not self.self_normalize or num_points < 2:
+            return logits + pair.q_offset
+        log_m = math.log(num_points)
+        if pair.explicit_locals:
+            # s estimates log p(x | z, beta) - log q(x), whose exponential
+            # averages to one over the data for every (z, beta): normalise s
+            # over the minibatch's x for each point's own z.
+            obs = {
+                k: v.unsqueeze(1).expand((*v.shape[:1], num_points, *v.shape[1:])).flatten(0, 1)
+                for k, v in pair.q_observed.items()
+            }
+            loc = {
+                k: v.unsqueeze(2).expand((*v.shape[:2], num_points, *v.shape[2:])).flatten(0, 1)
+                for k, v in pair.q_local.items()
+            }
+            glob = {
+                k: v.unsqueeze(1).expand((*v.shape[:1], num_points, *v.shape[1:])).flatten(0, 1)
+                for k, v in pair.q_global.items()
+            }
+            params = {k: v.detach() for k, v in net.named_parameters()}
+            grid = functional_call(net, params, (obs, loc, glob))
+            grid = grid.reshape(pair.num_particles, num_points, num_points)
+            log_norm = torch.logsumexp(grid, -1) - log_m
+            return logits - log_norm + pair.q_offset
+        # r estimates log p(x, z | beta) - log q(x, z | beta), whose exponential
+        # averages to one under the q-side for every beta: normalise per beta.
+        base = logits
+        if pair.q_local:
+            base = self._logits(net, pair, "q", detach_weights=True, detach_locals=True)
+        log_norm = torch.logsumexp(base, -1, keepdim=True) - log_m
+        return logits - log_norm
+
+    def _objectives(
+        self, model: Any, guide: Any, args: Any, kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (ELBO estimate, discriminator loss), both averaged over particles."""
+        pairs = self._pair(model, guide, args, kwargs)
+        net = self._discriminator(pairs[0])
+        elbo = torch.zeros(())
+        d_loss = torch.zeros(())
+        stats = {"acc": 0.0, "logit_p": 0.0, "logit_q": 0.0}
+        for pair in pairs:
+            logits_p = self._logits(net, pair, "p", detach_weights=False) + pair.p_offset
+            logits_t = self._logits(net, pair, "t", detach_weights=False) + pair.t_offset
+            d_loss = d_loss + self.ratio_loss(logits_p, logits_t) / len(pairs)
+            log_ratio = self._log_ratio(net, pair)
+            scale = pair.scale.expand(log_ratio.shape)
+            per_point = (scale * log_ratio).sum() / pair.num_particles
+            elbo = elbo + (pair.global_log_ratio + per_point) / len(pairs)
+            with torch.no_grad():
+                acc = 0.5 * ((logits_p > 0).float().mean() + (logits_t < 0).float().mean())
+                stats["acc"] += float(acc) / len(pairs)
+                stats["logit_p"] += float(logits_p.mean()) / len(pairs)
+                stats["logit_q"] += float(logits_t.mean()) / len(pairs)
+        self._last_stats = stats
+        return elbo, d_loss
+
+    def _record(self, elbo: torch.Tensor, d_loss: torch.Tensor) -> None:
+        entry = {"elbo": float(elbo.detach()), "discriminator_loss": float(d_loss.detach())}
+        entry["discriminator_accuracy"] = self._last_stats["acc"]
+        entry["mean_logit_p"] = self._last_stats["logit_p"]
+        entry["mean_logit_q"] = self._last_stats["logit_q"]
+        self.history.append(entry)
+
+    def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
+        """
+        :returns: an estimate of the negative ELBO (up to a constant: the
+            ratio estimator replaces the implicit log densities).
+        :rtype: float
+        """
+        with _rollback_on_error(), torch.no_grad():
+            elbo, _ = self._objectives(model, guide, args, kwargs)
+        return -float(elbo.detach())
+
+    def differentiable_loss(
+        self, model: Any, guide: Any, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """
+        :returns: the negative ELBO estimate as a tensor whose gradient also
+            trains the discriminator (its loss enters with value zero).
+        :rtype: torch.Tensor
+        """
+        with _rollback_on_error():
+            elbo, d_loss = self._objectives(model, guide, args, kwargs)
+        self._record(elbo, d_loss)
+        return -elbo + (d_loss - d_loss.detach())
+
+    def loss_and_grads(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
+        """
+        Compute the negative ELBO estimate and back-propagate both objectives:
+        the ELBO's gradient into the guide's parameters, the scoring rule's
+        into the discriminator's.
+
+        :returns: an estimate of the negative ELBO.
+        :rtype: float
+        """
+        with _rollback_on_error():
+            elbo, d_loss = self._objectives(model, guide, args, kwargs)
+            surrogate = -elbo + d_loss
+            if surrogate.requires_grad:
+                surrogate.backward(retain_graph=self.retain_graph)
+        self._record(elbo, d_loss)
+        return -float(elbo.detach())

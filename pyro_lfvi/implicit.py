@@ -1,0 +1,290 @@
+"""The site primitive: a sample-only distribution that wraps a simulator."""
+
+from __future__ import annotations
+
+import copy
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from pyro.distributions import TorchDistribution, constraints
+from pyro.poutine.messenger import Messenger
+
+__all__ = ["ImplicitDensityError", "ImplicitSite", "SimulatorError", "name_implicit_sites"]
+
+
+_Shape = torch.Size | list[int] | tuple[int, ...]
+
+
+class ImplicitDensityError(NotImplementedError):
+    """Raised when something asks an :class:`ImplicitSite` for a density."""
+
+
+class SimulatorError(ValueError):
+    """Raised when a simulator returns a value of the wrong shape, or NaN or inf."""
+
+
+def _as_param(value: Any) -> Any:
+    if isinstance(value, numbers.Number) and not isinstance(value, bool):
+        return torch.as_tensor(value, dtype=torch.get_default_dtype())
+    if isinstance(value, np.ndarray):
+        return torch.as_tensor(value)
+    return value
+
+
+class ImplicitSite(TorchDistribution):
+    r"""
+    A sample-only distribution defined by a simulator: :math:`x = g(\epsilon \mid
+    \theta)`, :math:`\epsilon \sim s(\cdot)`, with no density to evaluate.
+
+    ``ImplicitSite(simulator, *params)`` draws by calling ``simulator(*params)``
+    with every tensor parameter broadcast to ``sample_shape + batch_shape +
+    param_event_shape``; the simulator draws its own noise and must return a
+    tensor (or numpy array) of shape ``sample_shape + batch_shape +
+    event_shape``. The batch shape is the broadcast of the parameters' batch
+    shapes and grows under :class:`pyro.plate` like any Pyro distribution, so
+    the simulator never runs to learn a shape.
+
+    The same site serves as an observed likelihood, as an implicit prior of a
+    local latent in a model, and as an implicit variational distribution of a
+    local latent in a guide (an inference network fed with noise, which must
+    then be ``reparameterized=True``). Train with :class:`~pyro_lfvi.LFVI`; any
+    loss that asks for :meth:`log_prob` gets an :class:`ImplicitDensityError`.
+
+    Example::
+
+        def simulate(loc):
+            return loc + torch.randn_like(loc)
+
+        def model(x):
+            mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+            with pyro.plate("data", len(x)):
+                pyro.sample("x", ImplicitSite(simulate, mu), obs=x)
+
+    :param callable simulator: a vectorised function of the parameters that
+        draws its own noise.
+    :param params: the simulator's arguments. Tensors, numbers and numpy
+        arrays are broadcast to the batch shape; anything else is passed as is.
+    :param event_shape: shape of one draw of the site (default ``()``).
+    :type event_shape: tuple of int
+    :param param_event_dims: how many rightmost dims of each tensor parameter
+        belong to one draw (e.g. ``1`` for a 3-vector of rates per data point);
+        an int for all parameters or one int per parameter. Default ``0``.
+    :type param_event_dims: int or sequence of int
+    :param bool reparameterized: declare that the simulator is differentiable
+        in its parameters, so the site offers :meth:`rsample`. Default False.
+    :param support: the support of the site, for guides and transforms that
+        need it. Default ``constraints.real``.
+    :type support: ~torch.distributions.constraints.Constraint
+    :param bool vectorized: whether the simulator accepts batched parameters.
+        If False, it is called once per batch element (slow; for simulators
+        that take one parameter set at a time). Default True.
+    :param batch_shape: optional explicit batch shape, to broadcast to.
+    :type batch_shape: torch.Size
+
+    References
+
+    [1] `Hierarchical Implicit Models and Likelihood-Free Variational Inference`,
+        Dustin Tran, Rajesh Ranganath, David M. Blei (NIPS 2017)
+    """
+
+    arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {}
+
+    def __init__(
+        self,
+        simulator: Callable[..., Any],
+        *params: Any,
+        event_shape: Sequence[int] = (),
+        param_event_dims: int | Sequence[int] = 0,
+        reparameterized: bool = False,
+        support: constraints.Constraint = constraints.real,
+        vectorized: bool = True,
+        batch_shape: Sequence[int] | None = None,
+        validate_args: bool | None = None,
+    ) -> None:
+        if not callable(simulator):
+            raise ValueError(f"Expected a callable simulator, actual {type(simulator).__name__}")
+        params_t = tuple(_as_param(p) for p in params)
+        if isinstance(param_event_dims, int):
+            ev_dims = tuple(param_event_dims for _ in params_t)
+        else:
+            ev_dims = tuple(int(d) for d in param_event_dims)
+            if len(ev_dims) != len(params_t):
+                raise ValueError(
+                    f"Expected one param_event_dims entry per parameter "
+                    f"({len(params_t)}), actual {len(ev_dims)}"
+                )
+        shapes = []
+        for i, (p, d) in enumerate(zip(params_t, ev_dims, strict=False)):
+            if d < 0:
+                raise ValueError(f"Expected param_event_dims >= 0, actual {d}")
+            if isinstance(p, torch.Tensor):
+                if p.dim() < d:
+                    raise ValueError(
+                        f"Expected parameter {i} to have at least {d} dims "
+                        f"(param_event_dims), actual shape {tuple(p.shape)}"
+                    )
+                shapes.append(p.shape[: p.dim() - d])
+        try:
+            inferred = torch.broadcast_shapes(*shapes) if shapes else torch.Size()
+            if batch_shape is not None:
+                inferred = torch.broadcast_shapes(inferred, torch.Size(batch_shape))
+        except RuntimeError as err:
+            raise ValueError(
+                f"Expected parameters with broadcastable batch shapes, actual "
+                f"{[tuple(s) for s in shapes]}: check param_event_dims"
+            ) from err
+        self.simulator = simulator
+        self.params = params_t
+        self.param_event_dims = ev_dims
+        self.reparameterized = bool(reparameterized)
+        self.vectorized = bool(vectorized)
+        self._support = support
+        self.site_name: str | None = None
+        super().__init__(
+            batch_shape=inferred,
+            event_shape=torch.Size(event_shape),
+            validate_args=validate_args,
+        )
+
+    # -- distribution interface ------------------------------------------------
+
+    @property
+    def has_rsample(self) -> bool:  # type: ignore[override]
+        return self.reparameterized
+
+    @constraints.dependent_property(is_discrete=False, event_dim=0)
+    def support(self) -> constraints.Constraint:  # type: ignore[override]
+        extra = len(self.event_shape) - self._support.event_dim
+        if extra > 0:
+            return constraints.independent(self._support, extra)
+        return self._support
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> ImplicitSite:
+        new = copy.copy(self)
+        batch_shape = torch.Size(batch_shape)
+        try:
+            torch.broadcast_shapes(batch_shape, self.batch_shape)
+        except RuntimeError as err:
+            raise ValueError(
+                f"Expected a batch shape broadcastable with {tuple(self.batch_shape)}, "
+                f"actual {tuple(batch_shape)}"
+            ) from err
+        super(ImplicitSite, new).__init__(
+            batch_shape=batch_shape,
+            event_shape=self.event_shape,
+            validate_args=False,
+        )
+        return new
+
+    def _describe(self) -> str:
+        if self.site_name:
+            return f"site '{self.site_name}'"
+        name = getattr(self.simulator, "__name__", type(self.simulator).__name__)
+        return f"the ImplicitSite with simulator '{name}'"
+
+    def _broadcast_params(self, sample_shape: torch.Size) -> list[Any]:
+        out = []
+        for p, d in zip(self.params, self.param_event_dims, strict=False):
+            if isinstance(p, torch.Tensor):
+                ev = p.shape[p.dim() - d :] if d else torch.Size()
+                p = p.expand(sample_shape + self.batch_shape + ev)
+            out.append(p)
+        return out
+
+    def _simulate(self, sample_shape: torch.Size) -> torch.Tensor:
+        params = self._broadcast_params(sample_shape)
+        if self.vectorized:
+            value = self.simulator(*params)
+        else:
+            value = self._simulate_each(params, sample_shape)
+        return self._check_value(value, sample_shape)
+
+    def _simulate_each(self, params: list[Any], sample_shape: torch.Size) -> Any:
+        batch = sample_shape + self.batch_shape
+        n = batch.numel()
+        flat: list[torch.Tensor | None] = []
+        for p, d in zip(params, self.param_event_dims, strict=False):
+            if isinstance(p, torch.Tensor):
+                flat.append(p.reshape((n, *p.shape[p.dim() - d :]) if d else (n,)))
+            else:
+                flat.append(None)
+        draws = []
+        for i in range(n):
+            args = [f[i] if f is not None else p for f, p in zip(flat, params, strict=False)]
+            draws.append(self._to_tensor(self.simulator(*args)))
+        if not draws:
+            return torch.empty(batch + self.event_shape)
+        return torch.stack(draws).reshape(batch + draws[0].shape)
+
+    def _to_tensor(self, value: Any) -> torch.Tensor:
+        if not isinstance(value, torch.Tensor):
+            value = torch.as_tensor(np.asarray(value))
+        if value.is_floating_point() and value.dtype != torch.get_default_dtype():
+            ref = next((p for p in self.params if isinstance(p, torch.Tensor)), None)
+            dtype = ref.dtype if ref is not None and ref.is_floating_point() else None
+            value = value.to(dtype or torch.get_default_dtype())
+        return value
+
+    def _check_value(self, value: Any, sample_shape: torch.Size) -> torch.Tensor:
+        value = self._to_tensor(value)
+        expected = sample_shape + self.batch_shape + self.event_shape
+        if value.shape != expected:
+            raise SimulatorError(
+                f"Expected the simulator of {self._describe()} to return shape "
+                f"{tuple(expected)} (sample_shape + batch_shape + event_shape), "
+                f"actual {tuple(value.shape)}. The simulator receives its "
+                f"parameters broadcast to the batch shape and must return one "
+                f"draw per batch element; set event_shape= for multivariate draws"
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise SimulatorError(
+                f"The simulator of {self._describe()} returned {bad} NaN or inf "
+                f"value(s) out of {value.numel()}. Check its parameters' range "
+                f"(e.g. constrain rates to be positive) or clamp its output"
+            )
+        return value
+
+    def sample(self, sample_shape: _Shape = ()) -> torch.Tensor:
+        with torch.no_grad():
+            return self._simulate(torch.Size(sample_shape))
+
+    def rsample(self, sample_shape: _Shape = ()) -> torch.Tensor:
+        if not self.reparameterized:
+            raise NotImplementedError(
+                f"{self._describe()} has no rsample: its simulator was not declared "
+                f"differentiable. Pass reparameterized=True to ImplicitSite if "
+                f"gradients flow through the simulator"
+            )
+        return self._simulate(torch.Size(sample_shape))
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        raise ImplicitDensityError(
+            f"{self._describe()} is implicit: a simulator with no density, so "
+            f"log_prob cannot be evaluated. Losses such as Trace_ELBO need densities; "
+            f"train with pyro_lfvi.LFVI(), which only samples implicit sites"
+        )
+
+    def __repr__(self) -> str:
+        name = getattr(self.simulator, "__name__", type(self.simulator).__name__)
+        return (
+            f"ImplicitSite({name}, batch_shape={tuple(self.batch_shape)}, "
+            f"event_shape={tuple(self.event_shape)})"
+        )
+
+
+class name_implicit_sites(Messenger):
+    """
+    Handler that tells each :class:`ImplicitSite` the name of its sample site,
+    so that simulator errors name the site. It never changes a value.
+    """
+
+    def _pyro_sample(self, msg: Any) -> None:
+        fn = msg["fn"]
+        if isinstance(fn, ImplicitSite) and fn.site_name != msg["name"]:
+            fn = copy.copy(fn)
+            fn.site_name = msg["name"]
+            msg["fn"] = fn

@@ -1,0 +1,379 @@
+"""Pairing the model's and the guide's joints through poutine traces.
+
+One call of :func:`pair_joints` runs the guide once and the model twice:
+
+* the **q-side** replays every latent from the guide into the model, so each
+  data point contributes ``(x_n, z_n ~ q(z | x_n, beta), beta ~ q(beta))``;
+* the **p-side** replays only the *global* latents (and the plates' subsample
+  indices) and un-conditions the observed sites, so the model itself simulates
+  ``z'_n ~ p(z | beta)`` and ``x'_n ~ p(x | z'_n, beta)`` for the same
+  minibatch. The guide's local values never reach the p-side.
+
+Every observed and local value is then flattened to one row per data point,
+``(particles, points, features)``, and every global to ``(particles, features)``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+from torch.distributions import biject_to
+
+from .implicit import ImplicitSite, name_implicit_sites
+from .validation import ModelStructureError
+
+__all__ = ["PairedJoints", "SiteRoles", "classify_sites", "pair_joints"]
+
+
+@dataclass
+class SiteRoles:
+    """Which model sites are observed, local and global, and the data plate."""
+
+    observed: list[str]
+    local: list[str]
+    global_: list[str]
+    data_plate: str | None
+    num_points: int
+    full_size: int
+
+
+@dataclass
+class PairedJoints:
+    """Per-data-point values of both joints, ready for a ratio estimator.
+
+    Observed and local values have shape ``(P, M, d)``, globals ``(P, d)``,
+    where ``P`` is the number of vectorised particles (1 if not vectorised)
+    and ``M`` the number of data points in the minibatch. ``q_*`` feed the
+    ELBO (they carry gradients to the guide); ``p_*`` and ``t_*`` are the
+    detached p-side and q-side inputs on which the discriminator trains, drawn
+    at the (possibly widened) training globals ``p_global``.
+
+    When every local latent has an explicit prior and an explicit guide
+    density (``explicit_locals``), the ``*_offset`` tensors ``(P, M)`` hold
+    ``log p(z_n | beta) - log q(z_n | x_n, beta)`` per data point, and the
+    discriminator only has to learn the implicit likelihood's part of the
+    ratio; otherwise the offsets are zero.
+    """
+
+    roles: SiteRoles
+    q_observed: dict[str, torch.Tensor]
+    q_local: dict[str, torch.Tensor]
+    q_global: dict[str, torch.Tensor]
+    p_observed: dict[str, torch.Tensor]
+    p_local: dict[str, torch.Tensor]
+    p_global: dict[str, torch.Tensor]
+    t_local: dict[str, torch.Tensor]
+    q_offset: torch.Tensor
+    p_offset: torch.Tensor
+    t_offset: torch.Tensor
+    explicit_locals: bool
+    scale: torch.Tensor
+    global_log_ratio: torch.Tensor
+    num_particles: int
+
+
+def _sample_sites(trace: Any) -> OrderedDict[str, Any]:
+    return OrderedDict(
+        (name, site)
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site_is_subsample(site)
+    )
+
+
+def _frame_names(site: Any, skip: str | None) -> list[str]:
+    return [f.name for f in site["cond_indep_stack"] if f.name != skip]
+
+
+def classify_sites(model_trace: Any, guide_trace: Any, particle_plate: str | None) -> SiteRoles:
+    """
+    Split the model's sample sites into observed, local and global ones.
+
+    The data plate is the outermost plate shared by every observed site; a
+    latent inside it is local (plates nested in it belong to one data point),
+    every other latent is global.
+
+    :raises ModelStructureError: if the model has no observed site, or the
+        guide lacks one of the model's latent sites.
+    """
+    sites = _sample_sites(model_trace)
+    observed = [name for name, site in sites.items() if site["is_observed"]]
+    if not observed:
+        raise ModelStructureError(
+            "Expected at least one observed site in the model, actual none. LFVI "
+            "compares simulated with observed data: pass obs= to the likelihood's "
+            "pyro.sample (e.g. pyro.sample('x', ImplicitSite(sim, theta), obs=x))"
+        )
+    guide_sites = _sample_sites(guide_trace)
+    for name, site in sites.items():
+        if not site["is_observed"] and name not in guide_sites:
+            raise ModelStructureError(
+                f"Expected the guide to sample every latent site of the model, but "
+                f"it lacks '{name}'. Add pyro.sample('{name}', ...) to the guide "
+                f"(for a local latent, inside the same plate), or use an autoguide"
+            )
+    shared = _frame_names(sites[observed[0]], particle_plate)
+    for name in observed[1:]:
+        names = set(_frame_names(sites[name], particle_plate))
+        shared = [f for f in shared if f in names]
+    data_plate = shared[0] if shared else None
+    local: list[str] = []
+    global_: list[str] = []
+    for name, site in sites.items():
+        if site["is_observed"]:
+            continue
+        is_local = data_plate is not None and data_plate in _frame_names(site, None)
+        (local if is_local else global_).append(name)
+    num_points, full_size = 1, 1
+    if data_plate is not None:
+        frame = next(f for f in sites[observed[0]]["cond_indep_stack"] if f.name == data_plate)
+        num_points = int(frame.size)
+        full_size = int(frame.full_size if frame.full_size is not None else frame.size)
+    return SiteRoles(observed, local, global_, data_plate, num_points, full_size)
+
+
+def check_globals(model_trace: Any, guide_trace: Any, roles: SiteRoles) -> None:
+    """Globals need an explicit prior and an explicit, reparameterised guide."""
+    where = (
+        f"inside plate '{roles.data_plate}'"
+        if roles.data_plate
+        else "inside the plate that indexes data points"
+    )
+    for name in roles.global_:
+        prior = model_trace.nodes[name]["fn"]
+        post = guide_trace.nodes[name]["fn"]
+        if isinstance(prior, ImplicitSite):
+            raise ModelStructureError(
+                f"Global site '{name}' has an implicit prior (ImplicitSite). LFVI "
+                f"needs log p(beta) for global latents: give '{name}' an explicit "
+                f"Pyro distribution, or, if it is per data point, sample it {where}"
+            )
+        if isinstance(post, ImplicitSite):
+            raise ModelStructureError(
+                f"Global site '{name}' has an implicit guide (ImplicitSite). LFVI "
+                f"needs log q(beta) for global latents: use an explicit distribution "
+                f"in the guide (e.g. dist.Normal or an autoguide such as AutoNormal)"
+            )
+        if not post.has_rsample:
+            raise ModelStructureError(
+                f"Global site '{name}' has a guide distribution without rsample "
+                f"({type(post).__name__}). LFVI follows reparameterised gradients: "
+                f"use a reparameterisable guide distribution for '{name}'"
+            )
+
+
+def _to_rows(value: torch.Tensor, fn: Any, site: Any, lead: list[str | None]) -> torch.Tensor:
+    """Move the plate dims named in ``lead`` to the front, flatten the rest."""
+    event_dim = len(getattr(fn, "event_shape", ()))
+    shape = torch.Size(getattr(fn, "batch_shape", value.shape[: value.dim() - event_dim]))
+    full = value.expand(shape + value.shape[value.dim() - event_dim :])
+    frames = {f.name: f for f in site["cond_indep_stack"]}
+    need = max([-frames[n].dim for n in lead if n is not None and n in frames] + [0])
+    pad = need - (full.dim() - event_dim)
+    if pad > 0:
+        full = full.reshape((1,) * pad + full.shape)
+    batch_rank = full.dim() - event_dim
+    moved = []
+    for name in lead:
+        if name is not None and name in frames:
+            moved.append(batch_rank + frames[name].dim)
+    full = full.movedim(moved, list(range(len(moved)))) if moved else full
+    sizes = list(full.shape[: len(moved)])
+    it = iter(sizes)
+    lead_sizes = [next(it) if (n is not None and n in frames) else 1 for n in lead]
+    return full.reshape([*lead_sizes, -1])
+
+
+def _particle_axis(value: torch.Tensor, site: Any, particle_plate: str) -> int:
+    frame = next(f for f in site["cond_indep_stack"] if f.name == particle_plate)
+    event_dim = len(site["fn"].event_shape)
+    return value.dim() - event_dim + frame.dim
+
+
+def widen_globals(
+    guide_trace: Any, model_trace: Any, names: list[str], particle_plate: str, factor: float
+) -> dict[str, torch.Tensor]:
+    """
+    Spread the particles of each global latent ``factor`` times further from
+    their mean, in the unconstrained space of the model's prior support.
+
+    The optimal ratio estimator does not depend on the distribution of the
+    globals that both of its sides share, so the discriminator may train on
+    these wider draws: they show it how the data change with the globals over
+    a range that does not shrink to the posterior's width.
+    """
+    out = {}
+    for name in names:
+        site = guide_trace.nodes[name]
+        value = site["value"].detach()
+        transform = biject_to(model_trace.nodes[name]["fn"].support)
+        axis = _particle_axis(value, site, particle_plate)
+        u = transform.inv(value)
+        centre = u.mean(axis, keepdim=True)
+        out[name] = transform(centre + factor * (u - centre))
+    return out
+
+
+def _point_log_prob(
+    fn: Any, value: torch.Tensor, site: Any, lead: list[str | None]
+) -> torch.Tensor:
+    """``fn.log_prob(value)`` summed to one number per (particle, data point)."""
+    log_p = fn.log_prob(value)
+    return _to_rows(log_p, None, site, lead).sum(-1)
+
+
+def _local_offset(
+    prior_trace: Any, guide_trace: Any, values: Any, names: list[str], lead: list[str | None]
+) -> torch.Tensor:
+    total = torch.zeros(())
+    for name in names:
+        value = values.nodes[name]["value"]
+        site = guide_trace.nodes[name]
+        total = total + _point_log_prob(prior_trace.nodes[name]["fn"], value, site, lead)
+        total = total - _point_log_prob(site["fn"], value, site, lead)
+    return total
+
+
+def _site_log_prob(site: Any) -> torch.Tensor:
+    log_p = site["fn"].log_prob(site["value"])
+    scale = site["scale"]
+    return (log_p * scale).sum()
+
+
+def pair_joints(
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    particle_plate: str | None = None,
+    num_particles: int = 1,
+    widen: float = 1.0,
+) -> PairedJoints:
+    """
+    Run the guide and both sides of the model, and flatten them per data point.
+
+    :param callable model: the model.
+    :param callable guide: the guide.
+    :param tuple args: positional arguments of both.
+    :param dict kwargs: keyword arguments of both.
+    :param str particle_plate: name of a vectorised particle plate wrapping
+        model and guide, if any.
+    :param int num_particles: its size.
+    :param float widen: factor by which the training globals are spread
+        around the particle mean (see :func:`widen_globals`); used only with
+        a particle plate of two or more particles.
+    """
+    guide_trace = poutine.trace(name_implicit_sites()(guide)).get_trace(*args, **kwargs)
+    model_fn = name_implicit_sites()(model)
+    q_trace = poutine.trace(poutine.replay(model_fn, trace=guide_trace)).get_trace(*args, **kwargs)
+    roles = classify_sites(q_trace, guide_trace, particle_plate)
+    check_globals(q_trace, guide_trace, roles)
+
+    wide: dict[str, torch.Tensor] = {}
+    if widen != 1.0 and particle_plate is not None and num_particles > 1 and roles.global_:
+        wide = widen_globals(guide_trace, q_trace, roles.global_, particle_plate, widen)
+
+    # Replay the globals and the minibatch indices the q-side used (taken from
+    # the model's run, so that a guide without the data plate still pairs).
+    subsample_only = poutine.Trace()
+    for name, site in q_trace.nodes.items():
+        if site["type"] == "sample" and site_is_subsample(site):
+            subsample_only.add_node(name, **site)
+    globals_only = subsample_only.copy()
+    for name in roles.global_:
+        site = guide_trace.nodes[name]
+        globals_only.add_node(name, **dict(site, value=wide.get(name, site["value"])))
+    with torch.no_grad():
+        p_trace = poutine.trace(
+            poutine.uncondition(poutine.replay(model_fn, trace=globals_only))
+        ).get_trace(*args, **kwargs)
+        t_trace = guide_trace
+        if wide and roles.local:
+            # The guide's locals at the widened globals, on the same minibatch.
+            conditioned = poutine.condition(name_implicit_sites()(guide), data=wide)
+            t_trace = poutine.trace(poutine.replay(conditioned, trace=subsample_only)).get_trace(
+                *args, **kwargs
+            )
+
+    lead = [particle_plate, roles.data_plate]
+
+    def rows(trace: Any, names: list[str], lead_: list[str | None]) -> dict[str, torch.Tensor]:
+        out = {}
+        for name in names:
+            if name not in trace.nodes:
+                raise ModelStructureError(
+                    f"Site '{name}' ran in the model with observations but not when "
+                    f"the model simulated its data; LFVI needs a model whose sites do "
+                    f"not depend on whether data are observed"
+                )
+            site = trace.nodes[name]
+            out[name] = _to_rows(site["value"], site["fn"], site, lead_)
+        return out
+
+    q_obs = rows(q_trace, roles.observed, lead)
+    p_obs = rows(p_trace, roles.observed, lead)
+    q_loc = rows(q_trace, roles.local, lead)
+    p_loc = rows(p_trace, roles.local, lead)
+    q_glob = rows(q_trace, roles.global_, [particle_plate])
+    p_glob = {k: v.detach() for k, v in q_glob.items()}
+    for name, value in wide.items():
+        site = q_trace.nodes[name]
+        p_glob[name] = _to_rows(value, site["fn"], site, [particle_plate])
+    t_loc = {k: v.detach() for k, v in rows(t_trace, roles.local, lead).items()}
+    for name in q_obs:
+        if q_obs[name].shape != p_obs[name].shape:
+            raise ModelStructureError(
+                f"Observed site '{name}' has shape {tuple(q_obs[name].shape)} per data "
+                f"point in the data but {tuple(p_obs[name].shape)} when simulated"
+            )
+    for name in q_loc:
+        if q_loc[name].shape != p_loc[name].shape:
+            raise ModelStructureError(
+                f"Local site '{name}' has per-point shape {tuple(q_loc[name].shape)} "
+                f"in the guide but {tuple(p_loc[name].shape)} in the model's prior"
+            )
+
+    explicit = bool(roles.local) and not any(
+        isinstance(tr.nodes[name]["fn"], ImplicitSite)
+        for name in roles.local
+        for tr in (q_trace, guide_trace)
+    )
+    zeros = torch.zeros(q_obs[roles.observed[0]].shape[:2])
+    q_off, p_off, t_off = zeros, zeros, zeros
+    if explicit:
+        q_off = zeros + _local_offset(q_trace, guide_trace, q_trace, roles.local, lead)
+        with torch.no_grad():
+            p_off = zeros + _local_offset(p_trace, t_trace, p_trace, roles.local, lead)
+            t_off = zeros + _local_offset(p_trace, t_trace, t_trace, roles.local, lead)
+
+    first = q_trace.nodes[roles.observed[0]]
+    scale = torch.as_tensor(first["scale"], dtype=torch.get_default_dtype())
+    if scale.numel() > 1:
+        batch_shape = first["fn"].batch_shape  # type: ignore[attr-defined]
+        scale = _to_rows(scale.expand(batch_shape), None, first, lead).mean(-1)
+
+    zero = torch.zeros(())
+    log_p = sum((_site_log_prob(q_trace.nodes[n]) for n in roles.global_), zero)
+    log_q = sum((_site_log_prob(guide_trace.nodes[n]) for n in roles.global_), zero)
+    return PairedJoints(
+        roles=roles,
+        q_observed=q_obs,
+        q_local=q_loc,
+        q_global=q_glob,
+        p_observed=p_obs,
+        p_local=p_loc,
+        p_global=p_glob,
+        t_local=t_loc,
+        q_offset=q_off,
+        p_offset=p_off,
+        t_offset=t_off,
+        explicit_locals=explicit,
+        scale=scale,
+        global_log_ratio=(log_p - log_q) / num_particles,
+        num_particles=num_particles,
+    )
