@@ -67,16 +67,19 @@ class MLPDiscriminator(nn.Module):
             size = int(width)
         layers.append(nn.Linear(size, 1))
         self.net = nn.Sequential(*layers)
-        self.input_loc = nn.Parameter(torch.zeros(input_size))
-        self.input_scale = nn.Parameter(torch.ones(input_size))
+        # Row 0: location, row 1: scale. A parameter (never trained: it is
+        # detached in forward) so that Pyro's param store saves it.
+        self.standardization = nn.Parameter(
+            torch.stack([torch.zeros(input_size), torch.ones(input_size)])
+        )
 
     @torch.no_grad()
     def fit_standardization(self, *feature_batches: torch.Tensor) -> None:
         """Set the input standardisation from batches of features ``(..., d)``."""
         feats = torch.cat([f.reshape(-1, f.shape[-1]) for f in feature_batches])
-        self.input_loc.copy_(feats.mean(0))
         std = feats.std(0) if feats.shape[0] > 1 else torch.ones_like(feats[0])
-        self.input_scale.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
+        self.standardization[0].copy_(feats.mean(0))
+        self.standardization[1].copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
 
     def forward(
         self,
@@ -85,5 +88,6 @@ class MLPDiscriminator(nn.Module):
         global_: Mapping[str, torch.Tensor],
     ) -> torch.Tensor:
         feats = concat_features(observed, local, global_)
-        feats = (feats - self.input_loc.detach()) / self.input_scale.detach()
+        loc, scale = self.standardization.detach()
+        feats = (feats - loc) / scale
         return self.net(feats).squeeze(-1)
