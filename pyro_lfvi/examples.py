@@ -64,7 +64,9 @@ class ConjugateNormal:
 
     def fitted(self) -> dict[str, tuple[float, float]]:
         """The guide's posterior ``{"mu": (mean, sd)}`` from the param store."""
-        return {"mu": (float(pyro.param("mu_loc")), float(pyro.param("mu_scale")))}
+        return {
+            "mu": (float(pyro.param("mu_loc").detach()), float(pyro.param("mu_scale").detach()))
+        }
 
 
 @dataclass

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from pyro.distributions import constraints
+from pyro.params import param_with_module_name
 from torch import nn
 
 from pyro_lfvi import LFVI, ImplicitSite
@@ -191,11 +192,13 @@ def test_vectorised_and_sequential_particles_agree_in_structure():
 def test_default_discriminator_lives_in_param_store_and_resumes(tmp_path):
     record = {}
     data, model, guide = make_problem(record)
-    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), LFVI())
+    elbo = LFVI()
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), elbo)
     for _ in range(3):
         svi.step(data)
     names = list(pyro.get_param_store().keys())
-    assert any(n.startswith("lfvi_discriminator$$$") for n in names)
+    key = lambda n: param_with_module_name("lfvi_discriminator", n)  # noqa: E731
+    assert any(key(n) in names for n, _ in elbo.discriminator.named_parameters())
     path = tmp_path / "params.pt"
     pyro.get_param_store().save(path)
     saved = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
@@ -205,7 +208,7 @@ def test_default_discriminator_lives_in_param_store_and_resumes(tmp_path):
     fresh = LFVI()
     fresh.loss(model, guide, data)  # builds a new net, then adopts the stored weights
     for name, param in fresh.discriminator.named_parameters():
-        assert torch.equal(param.detach(), saved[f"lfvi_discriminator$$${name}"])
+        assert torch.equal(param.detach(), saved[key(name)])
 
 
 def test_elbo_module_trains_guide_and_discriminator_with_torch_optim():
