@@ -15,7 +15,6 @@ from pyro.infer.elbo import ELBOModule
 from pyro.params import param_with_module_name
 from pyro.poutine.util import site_is_subsample
 from torch import nn
-from torch.func import functional_call
 
 from .discriminator import MLPDiscriminator, concat_features
 from .pairing import PairedJoints, pair_joints
@@ -38,6 +37,19 @@ def _rollback_on_error() -> Iterator[None]:
         for name in set(store.keys()) - before:
             del store[name]
         raise
+
+
+@contextlib.contextmanager
+def _frozen_weights(net: nn.Module) -> Iterator[None]:
+    """Evaluate ``net`` with its weights as constants: inputs still get gradients."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 class LFVIModule(ELBOModule):
@@ -298,8 +310,8 @@ class LFVI(ELBO):
         if detach_locals:
             loc = {k: v.detach() for k, v in loc.items()}
         if detach_weights:
-            params = {k: v.detach() for k, v in net.named_parameters()}
-            out = functional_call(net, params, (obs, loc, glob))
+            with _frozen_weights(net):
+                out = net(obs, loc, glob)
         else:
             detach = lambda d: {k: v.detach() for k, v in d.items()}  # noqa: E731
             out = net(detach(obs), detach(loc), detach(glob))
@@ -361,8 +373,8 @@ class LFVI(ELBO):
                 k: v.unsqueeze(1).expand((*v.shape[:1], num_points, *v.shape[1:])).flatten(0, 1)
                 for k, v in pair.q_global.items()
             }
-            params = {k: v.detach() for k, v in net.named_parameters()}
-            grid = functional_call(net, params, (obs, loc, glob))
+            with _frozen_weights(net):
+                grid = net(obs, loc, glob)
             grid = grid.reshape(pair.num_particles, num_points, num_points)
             log_norm = torch.logsumexp(grid, -1) - log_m
             return logits - log_norm + pair.q_offset
