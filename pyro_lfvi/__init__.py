@@ -1,9 +1,13 @@
 """Likelihood-free variational inference for hierarchical implicit models in Pyro."""
 
+from .checkpoint import load_checkpoint, save_checkpoint
+from .diagnostics import LFVIWarning, TrainingMonitor
 from .discriminator import MLPDiscriminator
 from .elbo import LFVI
 from .implicit import ImplicitDensityError, ImplicitSite, SimulatorError
+from .inference_data import to_inference_data
 from .ratio_losses import hinge_loss, log_loss
+from .training import fit, plot_history
 from .validation import DiscriminatorError, ModelStructureError
 
 __version__ = "0.1.0"
@@ -13,9 +17,16 @@ __all__ = [
     "DiscriminatorError",
     "ImplicitDensityError",
     "ImplicitSite",
+    "LFVIWarning",
     "MLPDiscriminator",
     "ModelStructureError",
     "SimulatorError",
+    "TrainingMonitor",
+    "fit",
     "hinge_loss",
+    "load_checkpoint",
     "log_loss",
+    "plot_history",
+    "save_checkpoint",
+    "to_inference_data",
 ]

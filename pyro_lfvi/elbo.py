@@ -12,10 +12,11 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO
 from pyro.infer.elbo import ELBOModule
-from pyro.params import param_with_module_name
+from pyro.params import module_from_param_with_module_name, param_with_module_name
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
+from .diagnostics import TrainingMonitor, discriminator_accuracy
 from .discriminator import MLPDiscriminator, concat_features
 from .pairing import PairedJoints, pair_joints
 from .ratio_losses import RatioLoss, resolve_ratio_loss
@@ -175,6 +176,11 @@ class LFVI(ELBO):
         and vectorised particles).
     :param bool self_normalize: normalise the estimated ratio over the
         minibatch (default True; needs at least two data points per step).
+    :param bool diagnostics: warn (:class:`~pyro_lfvi.LFVIWarning`) when the
+        ELBO is not finite or diverges, or the discriminator is saturated or
+        useless (see :mod:`pyro_lfvi.diagnostics`). Default True.
+    :param callable callback: called after every training step as
+        ``callback(step, entry)`` with the entry appended to :attr:`history`.
     :param bool retain_graph: passed to ``backward`` (default None).
 
     References
@@ -195,6 +201,8 @@ class LFVI(ELBO):
         discriminator_name: str = "lfvi_discriminator",
         widen: float = 5.0,
         self_normalize: bool = True,
+        diagnostics: bool = True,
+        callback: Callable[[int, dict[str, float]], None] | None = None,
         retain_graph: bool | None = None,
     ) -> None:
         num_particles = check_positive_int("num_particles", num_particles)
@@ -225,6 +233,10 @@ class LFVI(ELBO):
         self.hidden_sizes = hidden
         self.discriminator_name = discriminator_name
         self.history: list[dict[str, float]] = []
+        self.monitor: TrainingMonitor | None = TrainingMonitor() if diagnostics else None
+        if callback is not None and not callable(callback):
+            raise ValueError(f"Expected callback to be callable or None, actual {callback!r}")
+        self.callback = callback
 
     def __call__(self, model: Any, guide: Any) -> LFVIModule:  # type: ignore[override]
         return LFVIModule(model, guide, self)
@@ -332,7 +344,16 @@ class LFVI(ELBO):
 
     def _discriminator(self, pair: PairedJoints) -> nn.Module:
         if self.discriminator is None:
-            net = self._build(pair)
+            store = pyro.get_param_store()
+            stored = any(
+                module_from_param_with_module_name(k) == self.discriminator_name
+                for k in store.keys()
+            )
+            # Weights already in the store (a resumed run) replace the fresh
+            # ones: build without drawing from the global RNG, so that the
+            # resumed run draws exactly what an uninterrupted run would.
+            with torch.random.fork_rng(enabled=stored):
+                net = self._build(pair)
             # Check the output before anything reaches the param store.
             with torch.no_grad():
                 self._logits(net, pair, "q", detach_weights=True)
@@ -404,12 +425,21 @@ class LFVI(ELBO):
             per_point = (scale * log_ratio).sum() / pair.num_particles
             elbo = elbo + (pair.global_log_ratio + per_point) / len(pairs)
             with torch.no_grad():
-                acc = 0.5 * ((logits_p > 0).float().mean() + (logits_t < 0).float().mean())
-                stats["acc"] += float(acc) / len(pairs)
+                acc = discriminator_accuracy(logits_p, logits_t)
+                stats["acc"] += acc / len(pairs)
                 stats["logit_p"] += float(logits_p.mean()) / len(pairs)
                 stats["logit_q"] += float(logits_t.mean()) / len(pairs)
         self._last_stats = stats
+        self._last_globals = self._global_summary(pairs[0])
         return elbo, d_loss
+
+    @staticmethod
+    def _global_summary(pair: PairedJoints) -> tuple[list[float], list[float]]:
+        """Mean and spread over particles of the guide's globals (for diagnostics)."""
+        if not pair.q_global or pair.num_particles < 2:
+            return [], []
+        values = torch.cat([v.detach() for v in pair.q_global.values()], -1)
+        return values.mean(0).tolist(), values.std(0).tolist()
 
     def _record(self, elbo: torch.Tensor, d_loss: torch.Tensor) -> None:
         entry = {"elbo": float(elbo.detach()), "discriminator_loss": float(d_loss.detach())}
@@ -417,6 +447,11 @@ class LFVI(ELBO):
         entry["mean_logit_p"] = self._last_stats["logit_p"]
         entry["mean_logit_q"] = self._last_stats["logit_q"]
         self.history.append(entry)
+        step = len(self.history) - 1
+        if self.monitor is not None:
+            self.monitor.update(step, entry, *self._last_globals)
+        if self.callback is not None:
+            self.callback(step, entry)
 
     def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
         """

@@ -214,6 +214,13 @@ def widen_globals(
         transform = biject_to(model_trace.nodes[name]["fn"].support)
         axis = _particle_axis(value, site, particle_plate)
         u = transform.inv(value)
+        if not bool(torch.isfinite(u).all()):
+            support = model_trace.nodes[name]["fn"].support
+            raise ModelStructureError(
+                f"The guide's values of global site '{name}' lie outside the support of "
+                f"its prior ({support}). Use a guide distribution with the same support "
+                f"(e.g. LogNormal for a positive global, or an autoguide)"
+            )
         centre = u.mean(axis, keepdim=True)
         out[name] = transform(centre + factor * (u - centre))
     return out

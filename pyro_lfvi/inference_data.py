@@ -1,0 +1,294 @@
+"""Conversion of a fitted LFVI guide to ArviZ data (InferenceData or DataTree)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+
+from .implicit import name_implicit_sites
+from .pairing import classify_sites
+from .validation import check_positive_int
+
+__all__ = ["to_inference_data"]
+
+_DRAWS = "_lfvi_draws"
+
+
+def _nesting(traces: Sequence[Any]) -> int:
+    dims = [
+        -int(f.dim or 0)
+        for tr in traces
+        for site in tr.nodes.values()
+        if site["type"] == "sample"
+        for f in site["cond_indep_stack"]
+    ]
+    return max([*dims, 0])
+
+
+def _chunks(size: int, batch: int) -> list[torch.Tensor]:
+    """Index chunks of exactly ``batch`` covering ``range(size)`` (the last wraps)."""
+    out = []
+    for start in range(0, size, batch):
+        idx = torch.arange(start, start + batch) % size
+        out.append(idx)
+    return out
+
+
+def _dims(
+    site: Any, value: torch.Tensor, draws: bool, chains: int = 1
+) -> tuple[np.ndarray, list[str]]:
+    """Name each axis after its plate (or ``<site>_dim_k``), dropping empty ones."""
+    fn = site["fn"]
+    event_dim = len(getattr(fn, "event_shape", ()))
+    frames = {int(f.dim): f.name for f in site["cond_indep_stack"] if f.name != _DRAWS}
+    batch_rank = value.dim() - event_dim
+    keep, names = [], []
+    for axis in range(value.dim()):
+        if axis < batch_rank:
+            dim = axis - batch_rank
+            if draws and axis == 0:
+                keep.append(axis)
+                names.append("draw")
+            elif dim in frames:
+                keep.append(axis)
+                names.append(frames[dim])
+            elif value.shape[axis] != 1:
+                keep.append(axis)
+                names.append(f"{site['name']}_batch_{axis}")
+        else:
+            keep.append(axis)
+            names.append(f"{site['name']}_dim_{axis - batch_rank}")
+    squeeze = [a for a in range(value.dim()) if a not in keep]
+    array = value.detach()
+    for axis in reversed(squeeze):
+        array = array.squeeze(axis)
+    out = array.cpu().numpy()
+    if draws:  # iid draws, laid out as chains so that r-hat and ESS are defined
+        out = out.reshape((chains, out.shape[0] // chains, *out.shape[1:]))
+        names = ["chain", *names]
+    return out, names
+
+
+def _collect(
+    per_chunk: list[tuple[torch.Tensor | None, Any]],
+    names: list[str],
+    data_plate: str | None,
+    draws: bool,
+    chains: int = 1,
+) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """Stitch chunked sites back into full arrays along the data plate."""
+    out: dict[str, tuple[np.ndarray, list[str]]] = {}
+    for name in names:
+        pieces = []
+        for idx, trace in per_chunk:
+            site = trace.nodes[name]
+            pieces.append((idx, *_dims(site, site["value"], draws, chains)))
+        idx0, arr0, dims0 = pieces[0]
+        if idx0 is None or data_plate not in dims0:
+            out[name] = (arr0, dims0)
+            continue
+        axis = dims0.index(data_plate)
+        full_size = int(max(int(p[0].max()) for p in pieces if p[0] is not None)) + 1
+        shape = list(arr0.shape)
+        shape[axis] = full_size
+        full = np.empty(shape, dtype=arr0.dtype)
+        for idx, arr, _ in pieces:
+            assert idx is not None
+            np.put_along_axis(
+                full,
+                np.expand_dims(idx.numpy(), [a for a in range(arr.ndim) if a != axis]),
+                arr,
+                axis=axis,
+            )
+        out[name] = (full, dims0)
+    return out
+
+
+def _dataset(
+    variables: Mapping[str, tuple[np.ndarray, list[str]]],
+    coords: Mapping[str, Any] | None,
+    dims: Mapping[str, Sequence[str]] | None,
+) -> Any:
+    import xarray as xr
+
+    data_vars = {}
+    for name, (array, names) in variables.items():
+        names = list(names)
+        if dims and name in dims:
+            user = list(dims[name])
+            names[len(names) - len(user) :] = user
+        data_vars[name] = (names, array)
+    ds = xr.Dataset(data_vars)
+    for dim, values in (coords or {}).items():
+        if dim in ds.dims:
+            ds = ds.assign_coords({dim: values})
+    for dim in ("chain", "draw"):
+        if dim in ds.dims:
+            ds = ds.assign_coords({dim: np.arange(ds.sizes[dim])})
+    return ds
+
+
+def _history_dataset(history: Sequence[Mapping[str, float]]) -> Any:
+    import xarray as xr
+
+    keys = list(history[0])
+    return xr.Dataset(
+        {k: ("step", np.array([h[k] for h in history], dtype=float)) for k in keys},
+        coords={"step": np.arange(len(history))},
+    )
+
+
+def _assemble(groups: dict[str, Any]) -> Any:
+    import arviz as az
+
+    if int(az.__version__.split(".")[0]) >= 1:  # ArviZ 1.x: xarray.DataTree
+        import xarray as xr
+
+        return xr.DataTree.from_dict({name: ds for name, ds in groups.items()})
+    return az.InferenceData(**groups)
+
+
+@torch.no_grad()
+def to_inference_data(
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    *args: Any,
+    num_samples: int = 1000,
+    num_chains: int = 4,
+    lfvi: Any = None,
+    coords: Mapping[str, Any] | None = None,
+    dims: Mapping[str, Sequence[str]] | None = None,
+    prior: bool = True,
+    **kwargs: Any,
+) -> Any:
+    """
+    Draw from a fitted guide and from the model, and return ArviZ data.
+
+    Groups: ``posterior`` (every global and local latent, drawn from the
+    guide), ``posterior_predictive`` (the observed sites simulated by the
+    model at posterior draws), ``observed_data``, ``prior`` and
+    ``prior_predictive`` (simulated from the model) and, when ``lfvi`` has a
+    training history, ``sample_stats`` with one entry per training step along
+    a ``step`` dimension (ELBO estimate, discriminator loss and accuracy, mean
+    logits). Plate dimensions are named after their plates; event dimensions
+    ``<site>_dim_<k>`` unless ``dims`` renames them. A subsampled data plate
+    is swept in minibatches so that every data point gets its local draws.
+
+    With ArviZ 0.x this is an :class:`arviz.InferenceData`; with ArviZ >= 1.0
+    an :class:`xarray.DataTree` with the same groups.
+
+    Example::
+
+        idata = to_inference_data(model, guide, data, num_samples=1000, lfvi=elbo)
+        az.summary(idata, var_names=["mu"])
+
+    :param callable model: the model (with :class:`~pyro_lfvi.ImplicitSite` sites).
+    :param callable guide: the fitted guide.
+    :param args: the model's and guide's arguments.
+    :param int num_samples: draws per chain.
+    :param int num_chains: chains; the guide's draws are independent, so
+        laying them out as several chains only lets ArviZ compute r-hat (which
+        should be 1) and split diagnostics. Default 4.
+    :param lfvi: the :class:`~pyro_lfvi.LFVI` used to fit, for its history.
+    :param dict coords: coordinate values by dimension (plate) name.
+    :param dict dims: dimension names by site, for its rightmost dimensions.
+    :param bool prior: also draw ``prior`` and ``prior_predictive``.
+    """
+    num_samples = check_positive_int("num_samples", num_samples)
+    num_chains = check_positive_int("num_chains", num_chains)
+    model_n = name_implicit_sites()(model)
+    guide_n = name_implicit_sites()(guide)
+    with poutine.block():
+        g0 = poutine.trace(guide_n).get_trace(*args, **kwargs)
+        m0 = poutine.trace(poutine.replay(model_n, trace=g0)).get_trace(*args, **kwargs)
+    roles = classify_sites(m0, g0, None)
+    dim = -_nesting([g0, m0]) - 1
+    subsampled = [
+        (name, site)
+        for name, site in m0.nodes.items()
+        if site["type"] == "sample" and site_is_subsample(site) and name == roles.data_plate
+    ]
+    sub_site: Any = None
+    if subsampled and roles.num_points < roles.full_size:
+        sub_name, sub_site = subsampled[0]
+        chunks: list[torch.Tensor | None] = list(_chunks(roles.full_size, roles.num_points))
+    else:
+        sub_name, sub_site, chunks = None, None, [None]
+
+    draws = pyro.plate(_DRAWS, num_samples * num_chains, dim=dim)
+    latents = roles.global_ + roles.local
+    post, pred, prior_tr = [], [], []
+    post_globals: Any = None
+    prior_globals: Any = None
+    with poutine.block():
+        for idx in chunks:
+            base = poutine.Trace()
+            if sub_name is not None and idx is not None:
+                base.add_node(sub_name, **dict(sub_site, value=idx))
+            g_base = base.copy()
+            for name, site in (post_globals or {}).items():
+                g_base.add_node(name, **site)
+            g = poutine.trace(poutine.replay(draws(guide_n), trace=g_base)).get_trace(
+                *args, **kwargs
+            )
+            if post_globals is None:
+                post_globals = {n: g.nodes[n] for n in roles.global_}
+            replay_all = g.copy()
+            if sub_name is not None and sub_name not in replay_all.nodes:
+                replay_all.add_node(sub_name, **base.nodes[sub_name])
+            m = poutine.trace(
+                poutine.uncondition(poutine.replay(draws(model_n), trace=replay_all))
+            ).get_trace(*args, **kwargs)
+            post.append((idx, m))
+            pred.append((idx, m))
+            if prior:
+                p_base = base.copy()
+                for name, site in (prior_globals or {}).items():
+                    p_base.add_node(name, **site)
+                p = poutine.trace(
+                    poutine.uncondition(poutine.replay(draws(model_n), trace=p_base))
+                ).get_trace(*args, **kwargs)
+                if prior_globals is None:
+                    prior_globals = {n: p.nodes[n] for n in roles.global_}
+                prior_tr.append((idx, p))
+
+    plate = roles.data_plate
+    groups = {
+        "posterior": _dataset(_collect(post, latents, plate, True, num_chains), coords, dims),
+        "posterior_predictive": _dataset(
+            _collect(pred, roles.observed, plate, True, num_chains), coords, dims
+        ),
+        "observed_data": _dataset(_observed(pred, roles.observed, plate), coords, dims),
+    }
+    if prior:
+        groups["prior"] = _dataset(
+            _collect(prior_tr, latents, plate, True, num_chains), coords, dims
+        )
+        groups["prior_predictive"] = _dataset(
+            _collect(prior_tr, roles.observed, plate, True, num_chains), coords, dims
+        )
+    history = getattr(lfvi, "history", None)
+    if history:
+        groups["sample_stats"] = _history_dataset(history)
+    return _assemble(groups)
+
+
+def _observed(
+    per_chunk: list[tuple[torch.Tensor | None, Any]], names: list[str], plate: str | None
+) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """The observations, from one draw of each chunk (they do not vary by draw)."""
+    stripped = []
+    for idx, trace in per_chunk:
+        copy = poutine.Trace()
+        for name in names:
+            site = trace.nodes[name]
+            obs = site["infer"]["obs"]
+            copy.add_node(name, **dict(site, value=obs))
+        stripped.append((idx, copy))
+    return _collect(stripped, names, plate, False)

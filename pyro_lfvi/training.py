@@ -1,0 +1,95 @@
+"""An optional training loop with a progress bar, and a plot of the training curves.
+
+The plain ``for step in range(n): svi.step(data)`` loop stays first-class:
+:func:`fit` only adds a progress bar showing the ELBO estimate and the
+discriminator's accuracy, and :func:`plot_history` draws ``LFVI.history``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .validation import check_positive_int
+
+__all__ = ["fit", "plot_history"]
+
+
+def fit(
+    svi: Any,
+    *args: Any,
+    num_steps: int,
+    progress: bool = True,
+    callback: Callable[[int, float], None] | None = None,
+    **kwargs: Any,
+) -> list[float]:
+    """
+    Run ``svi.step(*args, **kwargs)`` ``num_steps`` times.
+
+    Example::
+
+        svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), LFVI())
+        losses = fit(svi, data, num_steps=2000)
+
+    :param svi: a :class:`pyro.infer.SVI` (any object with ``step``).
+    :param args: arguments of the model and guide.
+    :param int num_steps: number of steps.
+    :param bool progress: show a tqdm progress bar (default True).
+    :param callable callback: called as ``callback(step, loss)`` after each step.
+    :returns: the loss of every step.
+    :rtype: list of float
+    """
+    num_steps = check_positive_int("num_steps", num_steps)
+    history = getattr(getattr(svi, "loss", None), "__self__", None)
+    history = getattr(history, "history", None)
+    losses: list[float] = []
+    bar = tqdm(range(num_steps), disable=not progress, unit="step", desc="LFVI")
+    for step in bar:
+        loss = float(svi.step(*args, **kwargs))
+        losses.append(loss)
+        if callback is not None:
+            callback(step, loss)
+        if progress and (step % 25 == 0 or step == num_steps - 1):
+            if history:
+                entry = history[-1]
+                bar.set_postfix(
+                    elbo=f"{entry['elbo']:.4g}",
+                    disc_acc=f"{entry['discriminator_accuracy']:.2f}",
+                )
+            else:
+                bar.set_postfix(loss=f"{loss:.4g}")
+    return losses
+
+
+def plot_history(history: Sequence[Mapping[str, float]], axes: Any = None) -> Any:
+    """
+    Plot the ELBO estimate, the discriminator loss and its accuracy per step.
+
+    Needs matplotlib (``pip install matplotlib``).
+
+    :param history: ``LFVI.history``.
+    :param axes: three matplotlib axes to draw on (default: a new figure).
+    :returns: the matplotlib figure.
+    """
+    if not history:
+        raise ValueError("Expected a non-empty training history, actual an empty one")
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError("plot_history needs matplotlib: pip install matplotlib") from err
+    if axes is None:
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    else:
+        fig = axes[0].figure
+    steps = range(len(history))
+    axes[0].plot(steps, [h["elbo"] for h in history])
+    axes[0].set(title="ELBO estimate", xlabel="step", yscale="symlog")
+    axes[1].plot(steps, [h["discriminator_loss"] for h in history])
+    axes[1].set(title="discriminator loss", xlabel="step")
+    axes[2].plot(steps, [h["discriminator_accuracy"] for h in history])
+    axes[2].axhline(0.5, color="gray", lw=0.8, ls="--")
+    axes[2].set(title="discriminator accuracy (0.5 = chance)", xlabel="step", ylim=(0, 1))
+    fig.tight_layout()
+    return fig

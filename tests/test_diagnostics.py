@@ -1,0 +1,132 @@
+"""Each training diagnostic, provoked on purpose; and silence when training is healthy."""
+
+import warnings
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.distributions import constraints
+from torch import nn
+
+from pyro_lfvi import LFVI, ImplicitSite, LFVIWarning, ModelStructureError, TrainingMonitor
+from pyro_lfvi.examples import ConjugateNormal
+
+
+def shifted_problem(offset):
+    """Data far from what the prior lets the simulator produce."""
+    data = offset + torch.randn(50)
+
+    def model(data):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(data)):
+            pyro.sample("x", ImplicitSite(lambda m: m + torch.randn_like(m), mu), obs=data)
+
+    def guide(data):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        scale = pyro.param("scale", torch.tensor(0.1), constraint=constraints.positive)
+        pyro.sample("mu", dist.Normal(loc, scale))
+
+    return data, model, guide
+
+
+def run(model, guide, data, elbo, steps, lr=0.01):
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": lr}), elbo)
+    for _ in range(steps):
+        svi.step(data)
+
+
+def test_saturated_discriminator_warns():
+    data, model, guide = shifted_problem(offset=100.0)
+    elbo = LFVI()
+    elbo.monitor = TrainingMonitor(window=20)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LFVIWarning)
+        run(model, guide, data, elbo, steps=80, lr=0.05)
+    messages = [str(w.message) for w in caught if w.category is LFVIWarning]
+    assert any("discriminator is saturated" in m for m in messages), messages
+
+
+class Constant(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+
+    def forward(self, observed, local, global_):
+        return 0.0 * self.w * observed["x"].sum(-1)
+
+
+def test_useless_discriminator_warns_when_the_guide_moves():
+    data, model, guide = shifted_problem(offset=1.0)
+    elbo = LFVI(discriminator=Constant())
+    elbo.monitor = TrainingMonitor(window=50)
+    with pytest.warns(LFVIWarning, match=r"discriminator is at chance.*follows its prior"):
+        run(model, guide, data, elbo, steps=100, lr=0.1)
+
+
+def test_nonfinite_elbo_warns():
+    pyro.enable_validation(False)  # let HalfNormal give -inf outside its support
+    data = torch.randn(20)
+
+    def model(data):
+        s = pyro.sample("s", dist.HalfNormal(1.0))
+        with pyro.plate("data", len(data)):
+            pyro.sample("x", ImplicitSite(lambda s: s + torch.randn_like(s), s), obs=data)
+
+    def guide(data):
+        pyro.sample("s", dist.Normal(-5.0, 0.1))  # always outside the prior's support
+
+    with pytest.warns(LFVIWarning, match=r"ELBO estimate \(-inf\).*not finite"):
+        LFVI(num_particles=1).loss_and_grads(model, guide, data)
+
+
+def test_guide_outside_prior_support_is_named_when_widening():
+    data = torch.randn(20)
+
+    def model(data):
+        s = pyro.sample("s", dist.HalfNormal(1.0))
+        with pyro.plate("data", len(data)):
+            pyro.sample("x", ImplicitSite(lambda s: s + torch.randn_like(s), s), obs=data)
+
+    def guide(data):
+        pyro.sample("s", dist.Normal(-5.0, 0.1))
+
+    pyro.enable_validation(False)
+    with pytest.raises(ModelStructureError, match=r"global site 's' lie outside the support"):
+        LFVI().loss_and_grads(model, guide, data)
+
+
+def test_diverging_elbo_warns():
+    monitor = TrainingMonitor(window=10)
+    entry = {"discriminator_loss": 1.0, "discriminator_accuracy": 0.6}
+    for step in range(20):
+        monitor.update(step, dict(entry, elbo=-10.0 + 0.1 * (step % 3)))
+    with pytest.warns(LFVIWarning, match=r"ELBO estimate is diverging.*down from"):
+        for step in range(20, 30):
+            monitor.update(step, dict(entry, elbo=-1e4))
+
+
+def test_each_warning_is_given_once():
+    monitor = TrainingMonitor(window=5)
+    bad = {"elbo": float("nan"), "discriminator_loss": 1.0, "discriminator_accuracy": 0.5}
+    with pytest.warns(LFVIWarning) as record:
+        for step in range(10):
+            monitor.update(step, bad)
+    assert len(record) == 1
+
+
+def test_healthy_training_is_silent_and_callback_sees_every_step():
+    problem = ConjugateNormal(num_data=200, batch_size=50)
+    seen = []
+    elbo = LFVI(callback=lambda step, entry: seen.append((step, entry["elbo"])))
+    elbo.monitor = TrainingMonitor(window=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LFVIWarning)
+        run(problem.model, problem.guide, problem.data, elbo, steps=400)
+    assert [s for s, _ in seen] == list(range(400))
+    assert len(elbo.history) == 400
+
+
+def test_bad_callback():
+    with pytest.raises(ValueError, match="Expected callback to be callable or None, actual 3"):
+        LFVI(callback=3)

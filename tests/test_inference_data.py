@@ -1,0 +1,104 @@
+"""ArviZ conversion: groups, names, dims, shapes, and a summary against the exact answer."""
+
+import warnings
+
+import arviz as az
+import numpy as np
+import pyro
+import pytest
+import torch
+
+from pyro_lfvi import LFVI, to_inference_data
+from pyro_lfvi.examples import ConjugateNormal, HierarchicalNormal, train
+
+ARVIZ_1 = int(az.__version__.split(".")[0]) >= 1
+
+
+def groups_of(data):
+    return set(data.children) if ARVIZ_1 else set(data.groups())
+
+
+def test_groups_names_dims_and_shapes_with_subsampled_locals():
+    problem = HierarchicalNormal(num_groups=7, batch_size=3)
+    elbo = LFVI()
+    svi = pyro.infer.SVI(problem.model, problem.guide, pyro.optim.Adam({"lr": 0.01}), elbo)
+    for _ in range(3):
+        svi.step(problem.data)
+    idata = to_inference_data(
+        problem.model,
+        problem.guide,
+        problem.data,
+        num_samples=25,
+        num_chains=2,
+        lfvi=elbo,
+        dims={"y": ["obs"]},
+        coords={"groups": [f"g{j}" for j in range(7)]},
+    )
+    assert groups_of(idata) == {
+        "posterior",
+        "posterior_predictive",
+        "observed_data",
+        "prior",
+        "prior_predictive",
+        "sample_stats",
+    }
+    post = idata["posterior"]
+    assert set(post.data_vars) == {"mu", "tau", "theta"}
+    assert post["mu"].dims == ("chain", "draw") and post["mu"].shape == (2, 25)
+    assert post["theta"].dims == ("chain", "draw", "groups")
+    assert post["theta"].shape == (2, 25, 7)
+    assert list(post["groups"].values) == [f"g{j}" for j in range(7)]
+    pp = idata["posterior_predictive"]["y"]
+    assert pp.dims == ("chain", "draw", "groups", "obs") and pp.shape == (2, 25, 7, 10)
+    obs = idata["observed_data"]["y"]
+    assert obs.dims == ("groups", "obs")
+    np.testing.assert_array_equal(obs.values, problem.data.numpy())  # every point, once
+    assert idata["prior"]["theta"].shape == (2, 25, 7)
+    assert idata["prior_predictive"]["y"].shape == (2, 25, 7, 10)
+    stats = idata["sample_stats"]
+    assert stats["elbo"].dims == ("step",) and stats.sizes["step"] == 3
+    assert set(stats.data_vars) >= {"elbo", "discriminator_loss", "discriminator_accuracy"}
+    # Locals drawn for every group: each group's draws differ from the others'.
+    theta = post["theta"].values.reshape(-1, 7)
+    assert np.unique(theta.mean(0).round(6)).size == 7
+
+
+@pytest.mark.skipif(ARVIZ_1, reason="InferenceData API is ArviZ 0.x; 1.x returns a DataTree")
+def test_arviz_functions_run_without_shape_warnings():
+    problem = ConjugateNormal(num_data=50, batch_size=10)
+    pyro.param("mu_loc", torch.tensor(1.0))
+    idata = to_inference_data(problem.model, problem.guide, problem.data, num_samples=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        az.summary(idata, var_names=["mu"])
+        az.ess(idata, var_names=["mu"])
+        az.rhat(idata, var_names=["mu"])
+
+
+def test_summary_of_fitted_conjugate_model_matches_exact_posterior():
+    problem = ConjugateNormal()
+    train(problem, num_steps=3000, lr=0.01, final_lr=0.0005)
+    idata = to_inference_data(problem.model, problem.guide, problem.data, num_samples=1000)
+    summary = az.summary(idata, var_names=["mu"], kind="stats")
+    mean, sd = problem.exact()["mu"]
+    # Tolerance: 0.5 exact sds for the mean (training error plus Monte Carlo
+    # error of 4000 draws, ~0.02 sd), a factor 1.3 for the sd.
+    assert abs(summary.loc["mu", "mean"] - mean) < 0.5 * sd
+    assert 1 / 1.3 < summary.loc["mu", "sd"] / sd < 1.3
+
+
+@pytest.mark.skipif(not ARVIZ_1, reason="needs ArviZ >= 1.0 (Python >= 3.12)")
+def test_arviz_1_returns_a_datatree():  # pragma: no cover - runs where ArviZ 1.x is installed
+    import xarray as xr
+
+    problem = ConjugateNormal(num_data=20, batch_size=5)
+    data = to_inference_data(problem.model, problem.guide, problem.data, num_samples=10)
+    assert isinstance(data, xr.DataTree)
+    assert data["posterior"]["mu"].shape == (4, 10)
+    az.summary(data, var_names=["mu"])
+
+
+def test_bad_num_samples():
+    problem = ConjugateNormal(num_data=20, batch_size=5)
+    with pytest.raises(ValueError, match="Expected num_samples to be an integer >= 1, actual 0"):
+        to_inference_data(problem.model, problem.guide, problem.data, num_samples=0)
