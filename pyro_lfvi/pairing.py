@@ -366,7 +366,16 @@ def pair_joints(
 
     zero = torch.zeros(())
     log_p = sum((_site_log_prob(q_trace.nodes[n]) for n in roles.global_), zero)
-    log_q = sum((_site_log_prob(guide_trace.nodes[n]) for n in roles.global_), zero)
+    # Guide-only sites outside the data plate (e.g. the latent of Pyro's
+    # AutoContinuous guides) carry part of log q(beta), as in Trace_ELBO.
+    auxiliary = [
+        name
+        for name, site in _sample_sites(guide_trace).items()
+        if name not in q_trace.nodes
+        and not site["is_observed"]
+        and roles.data_plate not in _frame_names(site, None)
+    ]
+    log_q = sum((_site_log_prob(guide_trace.nodes[n]) for n in roles.global_ + auxiliary), zero)
     return PairedJoints(
         roles=roles,
         q_observed=q_obs,

@@ -27,8 +27,17 @@ def test_readme_quickstart_runs(capsys):
     block = text.split("## Quickstart", 1)[1].split("```python", 1)[1].split("```", 1)[0]
     assert block.count("\n") <= 35  # the quickstart stays short
     code = block.replace("num_steps = 4000", "num_steps = 30")
-    exec(compile(code, "README.md", "exec"), {})
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
     assert "LFVI posterior" in capsys.readouterr().out
+    # The ArviZ section continues the quickstart's session.
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    arviz_block = text.split("## From a fit to ArviZ", 1)[1].split("```python", 1)[1]
+    arviz_block = arviz_block.split("```", 1)[0].replace("num_steps=4000", "num_steps=20")
+    arviz_block = arviz_block.replace("num_samples=1000", "num_samples=50")
+    exec(compile(arviz_block, "README.md", "exec"), namespace)
+    assert "mu" in capsys.readouterr().out
 
 
 def test_readme_gives_the_test_command_ci_runs():
