@@ -34,6 +34,7 @@ def make_problem(record):
     data = torch.linspace(-1.0, 2.0, N)
 
     def sim(beta):
+        record.setdefault("sim_in", []).append(beta.detach().clone())
         out = beta + torch.randn_like(beta)
         record.setdefault("sim", []).append(out.detach().clone())
         return out
@@ -224,3 +225,20 @@ def test_elbo_module_trains_guide_and_discriminator_with_torch_optim():
     loss.backward()
     opt.step()
     assert any(not torch.equal(b, p.detach()) for b, p in zip(before, params, strict=False))
+
+
+def test_guide_only_global_sites_count_in_log_q_as_in_trace_elbo():
+    """AutoDiagonalNormal keeps log q(beta) in an auxiliary (guide-only) latent site."""
+    from pyro.infer.autoguide import AutoDiagonalNormal, init_to_mean
+
+    record = {}
+    data, model, _ = make_problem(record)
+    guide = AutoDiagonalNormal(model, init_loc_fn=init_to_mean, init_scale=0.5)
+    elbo = LFVI(num_particles=1, discriminator=Bilinear(), self_normalize=False)
+    loss = elbo.loss(model, guide, data)
+    beta = record["sim_in"][-1].reshape(-1)[0]  # the p-side simulator saw the guide's beta
+    x = data[record["idx"]]
+    log_q = dist.Normal(guide.loc.detach(), guide.scale.detach()).log_prob(beta).sum()
+    r = 0.7 * x * beta - 0.2
+    expected = dist.Normal(0.0, TAU).log_prob(beta) - log_q + (N / M) * r.sum()
+    assert loss == pytest.approx(-float(expected), rel=1e-5)
