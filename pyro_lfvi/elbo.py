@@ -299,15 +299,12 @@ class LFVI(ELBO):
         return pair.q_observed, pair.q_local, pair.q_global
 
     def _build(self, pair: PairedJoints) -> nn.Module:
-        import os
-
+        # Standardise on the first batch of both sides: the data with the
+        # guide's own draws, and the model's simulations.
         feats_q = concat_features(*self._inputs(pair, "q")).detach()
         feats_p = concat_features(*self._inputs(pair, "p")).detach()
         net = MLPDiscriminator(feats_q.shape[-1], self.hidden_sizes)
-        if os.environ.get("LFVI_STD") == "q":
-            net.fit_standardization(feats_q)
-        else:
-            net.fit_standardization(feats_q, feats_p)
+        net.fit_standardization(feats_q, feats_p)
         return net
 
     def _logits(

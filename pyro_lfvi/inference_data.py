@@ -223,48 +223,47 @@ def to_inference_data(
 
     draws = pyro.plate(_DRAWS, num_samples * num_chains, dim=dim)
     latents = roles.global_ + roles.local
-    post, pred, prior_tr = [], [], []
-    post_globals: Any = None
-    prior_globals: Any = None
+
+    def run(fn: Callable[..., Any], replayed: Any, model_side: bool) -> Any:
+        """Trace ``fn`` for all draws at once, replaying the given sites."""
+        fn = poutine.replay(draws(fn), trace=replayed)
+        return poutine.trace(poutine.uncondition(fn) if model_side else fn).get_trace(
+            *args, **kwargs
+        )
+
+    def replay_of(base: Any, sites: Mapping[str, Any] | None) -> Any:
+        out = base.copy()
+        for name, site in (sites or {}).items():
+            if name not in out.nodes:  # the guide may hold the minibatch site too
+                out.add_node(name, **site)
+        return out
+
+    # Globals are drawn with the first chunk and replayed for the others, so
+    # that every chunk of data points shares the same draws of the globals.
+    posterior, prior_tr = [], []
+    post_globals: dict[str, Any] | None = None
+    prior_globals: dict[str, Any] | None = None
     with poutine.block():
         for idx in chunks:
             base = poutine.Trace()
             if sub_name is not None and idx is not None:
                 base.add_node(sub_name, **dict(sub_site, value=idx))
-            g_base = base.copy()
-            for name, site in (post_globals or {}).items():
-                g_base.add_node(name, **site)
-            g = poutine.trace(poutine.replay(draws(guide_n), trace=g_base)).get_trace(
-                *args, **kwargs
-            )
-            if post_globals is None:
-                post_globals = {n: g.nodes[n] for n in roles.global_}
-            replay_all = g.copy()
-            if sub_name is not None and sub_name not in replay_all.nodes:
-                replay_all.add_node(sub_name, **base.nodes[sub_name])
-            m = poutine.trace(
-                poutine.uncondition(poutine.replay(draws(model_n), trace=replay_all))
-            ).get_trace(*args, **kwargs)
-            post.append((idx, m))
-            pred.append((idx, m))
+            g = run(guide_n, replay_of(base, post_globals), model_side=False)
+            post_globals = post_globals or {n: g.nodes[n] for n in roles.global_}
+            m = run(model_n, replay_of(base, dict(g.nodes)), model_side=True)
+            posterior.append((idx, m))
             if prior:
-                p_base = base.copy()
-                for name, site in (prior_globals or {}).items():
-                    p_base.add_node(name, **site)
-                p = poutine.trace(
-                    poutine.uncondition(poutine.replay(draws(model_n), trace=p_base))
-                ).get_trace(*args, **kwargs)
-                if prior_globals is None:
-                    prior_globals = {n: p.nodes[n] for n in roles.global_}
+                p = run(model_n, replay_of(base, prior_globals), model_side=True)
+                prior_globals = prior_globals or {n: p.nodes[n] for n in roles.global_}
                 prior_tr.append((idx, p))
 
     plate = roles.data_plate
     groups = {
-        "posterior": _dataset(_collect(post, latents, plate, True, num_chains), coords, dims),
+        "posterior": _dataset(_collect(posterior, latents, plate, True, num_chains), coords, dims),
         "posterior_predictive": _dataset(
-            _collect(pred, roles.observed, plate, True, num_chains), coords, dims
+            _collect(posterior, roles.observed, plate, True, num_chains), coords, dims
         ),
-        "observed_data": _dataset(_observed(pred, roles.observed, plate), coords, dims),
+        "observed_data": _dataset(_observed(posterior, roles.observed, plate), coords, dims),
     }
     if prior:
         groups["prior"] = _dataset(

@@ -64,23 +64,9 @@ def test_useless_discriminator_warns_when_the_guide_moves():
         run(model, guide, data, elbo, steps=100, lr=0.1)
 
 
-def test_nonfinite_elbo_warns():
+def out_of_support_problem():
+    """A guide whose draws always lie outside the prior's support (s >= 0)."""
     pyro.enable_validation(False)  # let HalfNormal give -inf outside its support
-    data = torch.randn(20)
-
-    def model(data):
-        s = pyro.sample("s", dist.HalfNormal(1.0))
-        with pyro.plate("data", len(data)):
-            pyro.sample("x", ImplicitSite(lambda s: s + torch.randn_like(s), s), obs=data)
-
-    def guide(data):
-        pyro.sample("s", dist.Normal(-5.0, 0.1))  # always outside the prior's support
-
-    with pytest.warns(LFVIWarning, match=r"ELBO estimate \(-inf\).*not finite"):
-        LFVI(num_particles=1).loss_and_grads(model, guide, data)
-
-
-def test_guide_outside_prior_support_is_named_when_widening():
     data = torch.randn(20)
 
     def model(data):
@@ -91,7 +77,17 @@ def test_guide_outside_prior_support_is_named_when_widening():
     def guide(data):
         pyro.sample("s", dist.Normal(-5.0, 0.1))
 
-    pyro.enable_validation(False)
+    return data, model, guide
+
+
+def test_nonfinite_elbo_warns():
+    data, model, guide = out_of_support_problem()
+    with pytest.warns(LFVIWarning, match=r"ELBO estimate \(-inf\).*not finite"):
+        LFVI(num_particles=1).loss_and_grads(model, guide, data)
+
+
+def test_guide_outside_prior_support_is_named_when_widening():
+    data, model, guide = out_of_support_problem()
     with pytest.raises(ModelStructureError, match=r"global site 's' lie outside the support"):
         LFVI().loss_and_grads(model, guide, data)
 
