@@ -28,7 +28,7 @@ from torch.distributions import biject_to
 from .implicit import ImplicitSite, name_implicit_sites
 from .validation import ModelStructureError
 
-__all__ = ["PairedJoints", "SiteRoles", "classify_sites", "pair_joints"]
+__all__ = ["PairedJoints", "SiteRoles", "classify_sites", "pair_joints", "point_log_prob"]
 
 
 @dataclass
@@ -73,6 +73,8 @@ class PairedJoints:
     p_offset: torch.Tensor
     t_offset: torch.Tensor
     explicit_locals: bool
+    q_trace: Any
+    lead: list[str | None]
     scale: torch.Tensor
     global_log_ratio: torch.Tensor
     num_particles: int
@@ -226,9 +228,7 @@ def widen_globals(
     return out
 
 
-def _point_log_prob(
-    fn: Any, value: torch.Tensor, site: Any, lead: list[str | None]
-) -> torch.Tensor:
+def point_log_prob(fn: Any, value: torch.Tensor, site: Any, lead: list[str | None]) -> torch.Tensor:
     """``fn.log_prob(value)`` summed to one number per (particle, data point)."""
     log_p = fn.log_prob(value)
     return _to_rows(log_p, None, site, lead).sum(-1)
@@ -241,8 +241,8 @@ def _local_offset(
     for name in names:
         value = values.nodes[name]["value"]
         site = guide_trace.nodes[name]
-        total = total + _point_log_prob(prior_trace.nodes[name]["fn"], value, site, lead)
-        total = total - _point_log_prob(site["fn"], value, site, lead)
+        total = total + point_log_prob(prior_trace.nodes[name]["fn"], value, site, lead)
+        total = total - point_log_prob(site["fn"], value, site, lead)
     return total
 
 
@@ -389,6 +389,8 @@ def pair_joints(
         p_offset=p_off,
         t_offset=t_off,
         explicit_locals=explicit,
+        q_trace=q_trace,
+        lead=lead,
         scale=scale,
         global_log_ratio=(log_p - log_q) / num_particles,
         num_particles=num_particles,
