@@ -122,7 +122,7 @@ class LFVI(ELBO):
 
     **Defaults, and why.** A plain implementation overestimates the posterior
     sd by 1.5-1.8x on a conjugate Normal model (N = 1000); with these
-    defaults the ratio is 1.05-1.10 (``benchmarks/accuracy.py``).
+    defaults the ratio is 1.03-1.10 (``benchmarks/accuracy.py``).
 
     * ``num_particles=8, vectorize_particles=True``: the discriminator learns
       how the data move with :math:`\beta` only from draws of :math:`\beta`
