@@ -399,18 +399,18 @@ class LFVI(ELBO):
             # s estimates log p(x | z, beta) - log q(x), whose exponential
             # averages to one over the data for every (z, beta): normalise s
             # over the minibatch's x for each point's own z.
-            obs = {
-                k: v.unsqueeze(1).expand((*v.shape[:1], num_points, *v.shape[1:])).flatten(0, 1)
-                for k, v in pair.q_observed.items()
-            }
-            loc = {
-                k: v.unsqueeze(2).expand((*v.shape[:2], num_points, *v.shape[2:])).flatten(0, 1)
-                for k, v in pair.q_local.items()
-            }
-            glob = {
-                k: v.unsqueeze(1).expand((*v.shape[:1], num_points, *v.shape[1:])).flatten(0, 1)
-                for k, v in pair.q_global.items()
-            }
+            # Grid (particle, z of point k) x (x of point m), as P*M "particles".
+            def repeat(values: dict[str, torch.Tensor], dim: int) -> dict[str, torch.Tensor]:
+                return {
+                    k: v.unsqueeze(dim)
+                    .expand((*v.shape[:dim], num_points, *v.shape[dim:]))
+                    .flatten(0, 1)
+                    for k, v in values.items()
+                }
+
+            obs = repeat(pair.q_observed, 1)
+            loc = repeat(pair.q_local, 2)
+            glob = repeat(pair.q_global, 1)
             with _frozen_weights(net):
                 grid = net(obs, loc, glob)
             grid = grid.reshape(pair.num_particles, num_points, num_points)

@@ -332,18 +332,14 @@ def pair_joints(
         site = q_trace.nodes[name]
         p_glob[name] = _to_rows(value, site["fn"], site, [particle_plate])
     t_loc = {k: v.detach() for k, v in rows(t_trace, roles.local, lead).items()}
-    for name in q_obs:
-        if q_obs[name].shape != p_obs[name].shape:
-            raise ModelStructureError(
-                f"Observed site '{name}' has shape {tuple(q_obs[name].shape)} per data "
-                f"point in the data but {tuple(p_obs[name].shape)} when simulated"
-            )
-    for name in q_loc:
-        if q_loc[name].shape != p_loc[name].shape:
-            raise ModelStructureError(
-                f"Local site '{name}' has per-point shape {tuple(q_loc[name].shape)} "
-                f"in the guide but {tuple(p_loc[name].shape)} in the model's prior"
-            )
+    for kind, q_rows, p_rows in (("Observed", q_obs, p_obs), ("Local", q_loc, p_loc)):
+        for name, value in q_rows.items():
+            if value.shape != p_rows[name].shape:
+                raise ModelStructureError(
+                    f"{kind} site '{name}' has shape {tuple(value.shape)} (particles, "
+                    f"points, features) on the data/guide side but "
+                    f"{tuple(p_rows[name].shape)} when the model simulates it"
+                )
 
     explicit = bool(roles.local) and not any(
         isinstance(tr.nodes[name]["fn"], ImplicitSite)
