@@ -12,13 +12,12 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO
 from pyro.infer.elbo import ELBOModule
-from pyro.params import module_from_param_with_module_name, param_with_module_name
-from pyro.poutine.util import site_is_subsample
+from pyro.params import module_from_param_with_module_name
 from torch import nn
 
 from .diagnostics import TrainingMonitor, discriminator_accuracy
 from .discriminator import MLPDiscriminator, concat_features
-from .pairing import PairedJoints, pair_joints, point_log_prob
+from .pairing import PairedJoints, pair_joints, plate_nesting, point_log_prob
 from .ratio_losses import RatioLoss, resolve_ratio_loss
 from .validation import DiscriminatorError, check_positive_int, check_positive_number
 
@@ -278,14 +277,7 @@ class LFVI(ELBO):
         with poutine.block():
             g = poutine.trace(guide).get_trace(*args, **kwargs)
             m = poutine.trace(poutine.replay(model, trace=g)).get_trace(*args, **kwargs)
-        dims = [
-            -int(f.dim or 0)
-            for tr in (g, m)
-            for site in tr.nodes.values()
-            if site["type"] == "sample" and not site_is_subsample(site)
-            for f in site["cond_indep_stack"]
-        ]
-        nesting = max([*dims, 0])
+        nesting = plate_nesting(g, m)
         self.max_plate_nesting = nesting + 1
         return nesting
 
@@ -360,12 +352,11 @@ class LFVI(ELBO):
         return out
 
     def _discriminator(self, pair: PairedJoints) -> nn.Module:
+        stored = any(
+            module_from_param_with_module_name(k) == self.discriminator_name
+            for k in pyro.get_param_store().keys()
+        )
         if self.discriminator is None:
-            store = pyro.get_param_store()
-            stored = any(
-                module_from_param_with_module_name(k) == self.discriminator_name
-                for k in store.keys()
-            )
             # Weights already in the store (a resumed run) replace the fresh
             # ones: build without drawing from the global RNG, so that the
             # resumed run draws exactly what an uninterrupted run would.
@@ -375,15 +366,9 @@ class LFVI(ELBO):
             with torch.no_grad():
                 self._logits(net, pair, "q", detach_weights=True)
             self.discriminator = net
-        else:
-            store = pyro.get_param_store()
-            fresh = not any(
-                param_with_module_name(self.discriminator_name, k) in store
-                for k, _ in self.discriminator.named_parameters()
-            )
-            if fresh:
-                with torch.no_grad():
-                    self._logits(self.discriminator, pair, "q", detach_weights=True)
+        elif not stored:
+            with torch.no_grad():
+                self._logits(self.discriminator, pair, "q", detach_weights=True)
         return pyro.module(self.discriminator_name, self.discriminator, update_module_params=True)
 
     # -- objectives ------------------------------------------------------------
@@ -432,7 +417,7 @@ class LFVI(ELBO):
         net = self._discriminator(pairs[0])
         elbo = torch.zeros(())
         d_loss = torch.zeros(())
-        stats = {"acc": 0.0, "logit_p": 0.0, "logit_q": 0.0}
+        stats = {"discriminator_accuracy": 0.0, "mean_logit_p": 0.0, "mean_logit_q": 0.0}
         for pair in pairs:
             logits_p = self._logits(net, pair, "p", detach_weights=False) + pair.p_offset
             logits_t = self._logits(net, pair, "t", detach_weights=False) + pair.t_offset
@@ -443,18 +428,19 @@ class LFVI(ELBO):
             elbo = elbo + (pair.global_log_ratio + per_point) / len(pairs)
             with torch.no_grad():
                 acc = discriminator_accuracy(logits_p, logits_t)
-                stats["acc"] += acc / len(pairs)
-                stats["logit_p"] += float(logits_p.mean()) / len(pairs)
-                stats["logit_q"] += float(logits_t.mean()) / len(pairs)
-        if self.debug_model is not None:
-            stats.update(self._debug(net, pairs[0], args, kwargs))
+                stats["discriminator_accuracy"] += acc / len(pairs)
+                stats["mean_logit_p"] += float(logits_p.mean()) / len(pairs)
+                stats["mean_logit_q"] += float(logits_t.mean()) / len(pairs)
+                if self.debug_model is not None and pair is pairs[0]:
+                    stats.update(self._debug(log_ratio, pair, args, kwargs))
         self._last_stats = stats
-        self._last_globals = self._global_summary(pairs[0])
+        if self.monitor is not None:
+            self._last_globals = self._global_summary(pairs[0])
         return elbo, d_loss
 
     @torch.no_grad()
     def _debug(
-        self, net: nn.Module, pair: PairedJoints, args: Any, kwargs: Any
+        self, log_ratio: torch.Tensor, pair: PairedJoints, args: Any, kwargs: Any
     ) -> dict[str, float]:
         """Compare the learned per-point log ratio with the explicit model's."""
         # _pair has fixed max_plate_nesting, the particle plate included.
@@ -466,8 +452,7 @@ class LFVI(ELBO):
         for name in pair.roles.observed:
             site: Any = trace.nodes[name]
             true = true + point_log_prob(site["fn"], site["value"], site, pair.lead)
-        learned = self._log_ratio(net, pair)
-        learned = learned - learned.mean(0, keepdim=True)
+        learned = log_ratio - log_ratio.mean(0, keepdim=True)
         true = true - true.mean(0, keepdim=True)
         slope = float((learned * true).sum() / (true * true).sum().clamp_min(1e-12))
         corr = float(
@@ -486,12 +471,7 @@ class LFVI(ELBO):
 
     def _record(self, elbo: torch.Tensor, d_loss: torch.Tensor) -> None:
         entry = {"elbo": float(elbo.detach()), "discriminator_loss": float(d_loss.detach())}
-        entry["discriminator_accuracy"] = self._last_stats["acc"]
-        entry["mean_logit_p"] = self._last_stats["logit_p"]
-        entry["mean_logit_q"] = self._last_stats["logit_q"]
-        for key in ("debug_ratio_slope", "debug_ratio_corr"):
-            if key in self._last_stats:
-                entry[key] = self._last_stats[key]
+        entry.update(self._last_stats)
         self.history.append(entry)
         step = len(self.history) - 1
         if self.monitor is not None:

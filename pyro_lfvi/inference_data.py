@@ -12,23 +12,12 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from .implicit import name_implicit_sites
-from .pairing import classify_sites
+from .pairing import classify_sites, plate_nesting
 from .validation import check_positive_int
 
 __all__ = ["to_inference_data"]
 
 _DRAWS = "_lfvi_draws"
-
-
-def _nesting(traces: Sequence[Any]) -> int:
-    dims = [
-        -int(f.dim or 0)
-        for tr in traces
-        for site in tr.nodes.values()
-        if site["type"] == "sample"
-        for f in site["cond_indep_stack"]
-    ]
-    return max([*dims, 0])
 
 
 def _chunks(size: int, batch: int) -> list[torch.Tensor]:
@@ -208,7 +197,7 @@ def to_inference_data(
         g0 = poutine.trace(guide_n).get_trace(*args, **kwargs)
         m0 = poutine.trace(poutine.replay(model_n, trace=g0)).get_trace(*args, **kwargs)
     roles = classify_sites(m0, g0, None)
-    dim = -_nesting([g0, m0]) - 1
+    dim = -plate_nesting(g0, m0) - 1
     subsampled = [
         (name, site)
         for name, site in m0.nodes.items()

@@ -28,7 +28,13 @@ from torch.distributions import biject_to
 from .implicit import ImplicitSite, name_implicit_sites
 from .validation import ModelStructureError
 
-__all__ = ["PairedJoints", "SiteRoles", "classify_sites", "pair_joints", "point_log_prob"]
+__all__ = [
+    "PairedJoints",
+    "SiteRoles",
+    "classify_sites",
+    "plate_nesting",
+    "point_log_prob",
+]
 
 
 @dataclass
@@ -86,6 +92,18 @@ def _sample_sites(trace: Any) -> OrderedDict[str, Any]:
         for name, site in trace.nodes.items()
         if site["type"] == "sample" and not site_is_subsample(site)
     )
+
+
+def plate_nesting(*traces: Any) -> int:
+    """The deepest plate nesting (``-dim`` of the leftmost plate) in the traces."""
+    dims = [
+        -int(f.dim or 0)
+        for trace in traces
+        for site in trace.nodes.values()
+        if site["type"] == "sample"
+        for f in site["cond_indep_stack"]
+    ]
+    return max([*dims, 0])
 
 
 def _frame_names(site: Any, skip: str | None) -> list[str]:
