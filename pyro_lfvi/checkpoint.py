@@ -17,7 +17,8 @@ def save_checkpoint(path: str | os.PathLike[str], optim: Any, lfvi: Any = None) 
     """
     Save everything a resumed run needs to continue as if never stopped: the
     param store (guide and discriminator weights), the optimiser's state,
-    LFVI's own state (history, diagnostics, max plate nesting) and the random
+    LFVI's own state (history, diagnostics, max plate nesting, the
+    discriminator's own optimiser) and the random
     number generators of torch, numpy and Python.
 
     Example::
@@ -55,6 +56,8 @@ def load_checkpoint(path: str | os.PathLike[str], optim: Any, lfvi: Any = None) 
         lfvi.history = list(state["lfvi"]["history"])
         lfvi.monitor = state["lfvi"]["monitor"]
         lfvi.max_plate_nesting = state["lfvi"]["max_plate_nesting"]
+        if lfvi.discriminator_optim is not None and state["lfvi"]["discriminator_optim"]:
+            lfvi.discriminator_optim.set_state(state["lfvi"]["discriminator_optim"])
     torch.set_rng_state(state["rng"]["torch"])
     np.random.set_state(state["rng"]["numpy"])
     random.setstate(state["rng"]["python"])
@@ -67,4 +70,7 @@ def _lfvi_state(lfvi: Any) -> dict[str, Any] | None:
         "history": list(lfvi.history),
         "monitor": lfvi.monitor,
         "max_plate_nesting": lfvi.max_plate_nesting,
+        "discriminator_optim": (
+            lfvi.discriminator_optim.get_state() if lfvi.discriminator_optim is not None else None
+        ),
     }

@@ -12,6 +12,7 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO
 from pyro.infer.elbo import ELBOModule
+from pyro.optim import PyroOptim
 from pyro.params import module_from_param_with_module_name
 from torch import nn
 
@@ -19,7 +20,12 @@ from .diagnostics import TrainingMonitor, discriminator_accuracy
 from .discriminator import MLPDiscriminator, concat_features
 from .pairing import PairedJoints, pair_joints, plate_nesting, point_log_prob
 from .ratio_losses import RatioLoss, resolve_ratio_loss
-from .validation import DiscriminatorError, check_positive_int, check_positive_number
+from .validation import (
+    DiscriminatorError,
+    check_nonnegative_int,
+    check_positive_int,
+    check_positive_number,
+)
 
 __all__ = ["LFVI"]
 
@@ -189,6 +195,23 @@ class LFVI(ELBO):
         :math:`\log q(x_n)`). A slope below 1 means the estimator is
         attenuated and the posterior will come out too wide. Needs two or
         more vectorised particles.
+    :param int discriminator_steps: discriminator updates per step (default
+        1). Without ``discriminator_optim`` the SVI optimiser makes one joint
+        update of guide and discriminator, so only 0 or 1 is allowed; ``0``
+        keeps the discriminator's weights fixed (pass a trained
+        ``discriminator``). With ``discriminator_optim``, LFVI first makes
+        this many discriminator-only updates, each on fresh simulations, and
+        the SVI optimiser then moves only the guide. Use ``k > 1`` when the
+        discriminator lags behind a guide that moves fast (its accuracy in
+        :attr:`history` hovers near 0.5 while the ELBO still changes).
+    :param discriminator_optim: an optimiser for the discriminator alone
+        (e.g. ``pyro.optim.Adam({"lr": 1e-3})``), so that it can take its own
+        learning rate, clipping and number of steps.
+    :type discriminator_optim: pyro.optim.PyroOptim or None
+    :param int warmup_steps: for the first this many steps only the
+        discriminator trains and the guide stays where it was initialised
+        (default 0). Use it when the guide starts far from the posterior and
+        an untrained ratio estimator would send it further away.
     :param bool retain_graph: passed to ``backward`` (default None).
 
     References
@@ -212,9 +235,32 @@ class LFVI(ELBO):
         diagnostics: bool = True,
         callback: Callable[[int, dict[str, float]], None] | None = None,
         debug_model: Callable[..., Any] | None = None,
+        discriminator_steps: int = 1,
+        discriminator_optim: PyroOptim | None = None,
+        warmup_steps: int = 0,
         retain_graph: bool | None = None,
     ) -> None:
         num_particles = check_positive_int("num_particles", num_particles)
+        self.discriminator_steps = check_nonnegative_int("discriminator_steps", discriminator_steps)
+        self.warmup_steps = check_nonnegative_int("warmup_steps", warmup_steps)
+        if discriminator_optim is not None and not isinstance(discriminator_optim, PyroOptim):
+            raise ValueError(
+                f"Expected discriminator_optim to be a pyro.optim optimiser (e.g. "
+                f"pyro.optim.Adam({{'lr': 1e-3}})) or None, actual "
+                f"{type(discriminator_optim).__name__}"
+            )
+        if discriminator_optim is None and self.discriminator_steps > 1:
+            raise ValueError(
+                f"Expected discriminator_steps <= 1 without discriminator_optim (the SVI "
+                f"optimiser makes one joint update per step), actual {discriminator_steps}; "
+                f"pass discriminator_optim=pyro.optim.Adam(...) for several updates per step"
+            )
+        if self.discriminator_steps == 0 and discriminator is None:
+            raise ValueError(
+                "Expected a trained discriminator= with discriminator_steps=0 (its weights "
+                "stay fixed), actual None; the default discriminator starts untrained"
+            )
+        self.discriminator_optim = discriminator_optim
         if discriminator is not None and not isinstance(discriminator, nn.Module):
             raise ValueError(
                 f"Expected discriminator to be a torch.nn.Module or None, actual "
@@ -479,6 +525,39 @@ class LFVI(ELBO):
         if self.callback is not None:
             self.callback(step, entry)
 
+    # -- training controls -----------------------------------------------------
+
+    def _surrogate(self, elbo: torch.Tensor, d_loss: torch.Tensor) -> torch.Tensor:
+        """What one backward pass differentiates: -ELBO for the guide, the
+        scoring rule for the discriminator, each only where it should train."""
+        guide_part = -elbo
+        if len(self.history) < self.warmup_steps:
+            guide_part = -elbo.detach()
+        if self.discriminator_optim is not None or self.discriminator_steps == 0:
+            return guide_part + d_loss.detach()
+        return guide_part + d_loss
+
+    def _train_discriminator(self, model: Any, guide: Any, args: Any, kwargs: Any) -> None:
+        """``discriminator_steps`` updates by ``discriminator_optim``, if given."""
+        if self.discriminator_optim is None:
+            return
+        for _ in range(self.discriminator_steps):
+            with torch.no_grad():
+                pairs = self._pair(model, guide, args, kwargs)
+            net = self._discriminator(pairs[0])
+            d_loss = torch.zeros(())
+            for pair in pairs:
+                logits_p = self._logits(net, pair, "p", detach_weights=False) + pair.p_offset
+                logits_t = self._logits(net, pair, "t", detach_weights=False) + pair.t_offset
+                d_loss = d_loss + self.ratio_loss(logits_p, logits_t) / len(pairs)
+            params = [p for p in net.parameters() if p.requires_grad]
+            for p in params:
+                p.grad = None
+            d_loss.backward()
+            self.discriminator_optim(params)
+            for p in params:
+                p.grad = None
+
     def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
         """
         :returns: an estimate of the negative ELBO (up to a constant: the
@@ -498,9 +577,10 @@ class LFVI(ELBO):
         :rtype: torch.Tensor
         """
         with _rollback_on_error():
+            self._train_discriminator(model, guide, args, kwargs)
             elbo, d_loss = self._objectives(model, guide, args, kwargs)
         self._record(elbo, d_loss)
-        return -elbo + (d_loss - d_loss.detach())
+        return self._surrogate(elbo, d_loss) - d_loss.detach()
 
     def loss_and_grads(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
         """
@@ -512,8 +592,9 @@ class LFVI(ELBO):
         :rtype: float
         """
         with _rollback_on_error():
+            self._train_discriminator(model, guide, args, kwargs)
             elbo, d_loss = self._objectives(model, guide, args, kwargs)
-            surrogate = -elbo + d_loss
+            surrogate = self._surrogate(elbo, d_loss)
             if surrogate.requires_grad:
                 surrogate.backward(retain_graph=self.retain_graph)
         self._record(elbo, d_loss)

@@ -8,6 +8,7 @@ from typing import Any
 __all__ = [
     "DiscriminatorError",
     "ModelStructureError",
+    "check_nonnegative_int",
     "check_positive_int",
     "check_positive_number",
 ]
@@ -25,6 +26,13 @@ def check_positive_int(name: str, value: Any) -> int:
     """Return ``value`` as an int, or raise ``ValueError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
         raise ValueError(f"Expected {name} to be an integer >= 1, actual {value!r}")
+    return int(value)
+
+
+def check_nonnegative_int(name: str, value: Any) -> int:
+    """Return ``value`` as an int, or raise ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 0:
+        raise ValueError(f"Expected {name} to be an integer >= 0, actual {value!r}")
     return int(value)
 
 
