@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -16,9 +17,9 @@ from pyro.optim import PyroOptim
 from pyro.params import module_from_param_with_module_name
 from torch import nn
 
-from .diagnostics import TrainingMonitor, discriminator_accuracy
+from .diagnostics import LFVIWarning, TrainingMonitor, discriminator_accuracy
 from .discriminator import MLPDiscriminator, concat_features
-from .pairing import PairedJoints, pair_joints, plate_nesting, point_log_prob
+from .pairing import PairedJoints, pair_joints, plate_nesting, point_log_prob, trace_guide
 from .ratio_losses import RatioLoss, resolve_ratio_loss
 from .validation import (
     DiscriminatorError,
@@ -212,6 +213,26 @@ class LFVI(ELBO):
         discriminator trains and the guide stays where it was initialised
         (default 0). Use it when the guide starts far from the posterior and
         an untrained ratio estimator would send it further away.
+    :param int contrast_draws: for a local site with an explicit prior and an
+        implicit guide (e.g. a :class:`~pyro_lfvi.examples.NoiseNetwork`), the
+        number of extra guide draws per step to which a Normal is fitted per
+        data point; its log density stands in for the unknown
+        :math:`\log q(z_n \mid x_n, \beta)` in the known part of the ratio,
+        and the discriminator learns the rest (default 16; 0 leaves the whole
+        local ratio to the discriminator, as in the paper).
+    :param float point_spread: with a point-mass guide on the globals
+        (``AutoDelta``: variational EM), the sd, in the unconstrained space of
+        each prior's support, of the globals the discriminator trains on
+        around the point (default 0.5).
+    :param str model_params: how parameters that the model registers and the
+        guide does not (``pyro.param`` in a simulator, a generator's weights)
+        are trained: ``None`` (default) leaves them alone and warns once;
+        ``"adversarial"`` keeps the model's simulations differentiable (the
+        simulator must be ``reparameterized=True``) and adds the estimated
+        :math:`\mathrm{KL}(p \,\|\, q)` of the simulated against the data
+        joints to the loss, so the parameters move the simulations towards the
+        data. For variational EM, make them globals with a prior and use
+        ``AutoDelta`` instead.
     :param bool retain_graph: passed to ``backward`` (default None).
 
     References
@@ -238,6 +259,9 @@ class LFVI(ELBO):
         discriminator_steps: int = 1,
         discriminator_optim: PyroOptim | None = None,
         warmup_steps: int = 0,
+        contrast_draws: int = 16,
+        point_spread: float = 0.5,
+        model_params: str | None = None,
         retain_graph: bool | None = None,
     ) -> None:
         num_particles = check_positive_int("num_particles", num_particles)
@@ -261,6 +285,21 @@ class LFVI(ELBO):
                 "stay fixed), actual None; the default discriminator starts untrained"
             )
         self.discriminator_optim = discriminator_optim
+        self.point_spread = check_positive_number("point_spread", point_spread)
+        if model_params not in (None, "adversarial"):
+            raise ValueError(
+                f"Expected model_params to be None or 'adversarial', actual {model_params!r}; "
+                f"for variational EM give the parameters a prior and use AutoDelta"
+            )
+        self.model_params = model_params
+        self._model_params_checked = False
+        self._generator_loss = torch.zeros(())
+        self._model_param_names: list[str] = []
+        self.contrast_draws = check_nonnegative_int("contrast_draws", contrast_draws)
+        if self.contrast_draws == 1:
+            raise ValueError(
+                "Expected contrast_draws >= 2 (a spread needs two draws) or 0 (off), actual 1"
+            )
         if discriminator is not None and not isinstance(discriminator, nn.Module):
             raise ValueError(
                 f"Expected discriminator to be a torch.nn.Module or None, actual "
@@ -321,7 +360,7 @@ class LFVI(ELBO):
             # ELBO.__init__ added one for the particle plate.
             return int(self.max_plate_nesting) - 1
         with poutine.block():
-            g = poutine.trace(guide).get_trace(*args, **kwargs)
+            g = trace_guide(guide, args, kwargs)
             m = poutine.trace(poutine.replay(model, trace=g)).get_trace(*args, **kwargs)
         nesting = plate_nesting(g, m)
         self.max_plate_nesting = nesting + 1
@@ -342,9 +381,23 @@ class LFVI(ELBO):
                     _PARTICLE_PLATE,
                     self.num_particles,
                     self.widen,
+                    self.contrast_draws,
+                    self.point_spread,
+                    self.model_params == "adversarial",
                 )
             ]
-        return [pair_joints(model, guide, args, kwargs) for _ in range(self.num_particles)]
+        return [
+            pair_joints(
+                model,
+                guide,
+                args,
+                kwargs,
+                contrast_draws=self.contrast_draws,
+                point_spread=self.point_spread,
+                model_grad=self.model_params == "adversarial",
+            )
+            for _ in range(self.num_particles)
+        ]
 
     # -- discriminator ---------------------------------------------------------
 
@@ -463,6 +516,7 @@ class LFVI(ELBO):
         net = self._discriminator(pairs[0])
         elbo = torch.zeros(())
         d_loss = torch.zeros(())
+        generator = torch.zeros(())
         stats = {"discriminator_accuracy": 0.0, "mean_logit_p": 0.0, "mean_logit_q": 0.0}
         for pair in pairs:
             logits_p = self._logits(net, pair, "p", detach_weights=False) + pair.p_offset
@@ -472,6 +526,12 @@ class LFVI(ELBO):
             scale = pair.scale.expand(log_ratio.shape)
             per_point = (scale * log_ratio).sum() / pair.num_particles
             elbo = elbo + (pair.global_log_ratio + per_point) / len(pairs)
+            if self.model_params == "adversarial":
+                # KL(model || data) over the training joints, differentiated
+                # through the simulations into the simulator's parameters.
+                frozen = self._logits(net, pair, "p", detach_weights=True) + pair.p_offset
+                kl = (pair.scale.expand(frozen.shape) * frozen).sum() / pair.num_particles
+                generator = generator + kl / len(pairs)
             with torch.no_grad():
                 acc = discriminator_accuracy(logits_p, logits_t)
                 stats["discriminator_accuracy"] += acc / len(pairs)
@@ -480,6 +540,8 @@ class LFVI(ELBO):
                 if self.debug_model is not None and pair is pairs[0]:
                     stats.update(self._debug(log_ratio, pair, args, kwargs))
         self._last_stats = stats
+        self._generator_loss = generator
+        self._model_param_names = pairs[0].model_params
         if self.monitor is not None:
             self._last_globals = self._global_summary(pairs[0])
         return elbo, d_loss
@@ -530,7 +592,7 @@ class LFVI(ELBO):
     def _surrogate(self, elbo: torch.Tensor, d_loss: torch.Tensor) -> torch.Tensor:
         """What one backward pass differentiates: -ELBO for the guide, the
         scoring rule for the discriminator, each only where it should train."""
-        guide_part = -elbo
+        guide_part = -elbo + self._generator_loss
         if len(self.history) < self.warmup_steps:
             guide_part = -elbo.detach()
         if self.discriminator_optim is not None or self.discriminator_steps == 0:
@@ -557,6 +619,39 @@ class LFVI(ELBO):
             self.discriminator_optim(params)
             for p in params:
                 p.grad = None
+
+    def _check_model_params(self) -> None:
+        """Warn once about model parameters that the last backward pass missed."""
+        self._model_params_checked = True
+        store = pyro.get_param_store()
+        missed = []
+        for name in self._model_param_names:
+            if name not in store:
+                continue
+            param: Any = store[name]
+            grad = param.unconstrained().grad
+            if grad is None or not bool((grad != 0).any()):
+                missed.append(name)
+        if not missed:
+            return
+        if self.model_params == "adversarial":
+            how = (
+                "their simulations are not differentiable in them: declare the simulator "
+                "ImplicitSite(..., reparameterized=True) and keep it in torch"
+            )
+        else:
+            how = (
+                "by default LFVI trains only the guide. Learn them either as global latents "
+                "with a point-mass guide (pyro.sample with a prior, and AutoDelta: "
+                "variational EM), or adversarially with LFVI(model_params='adversarial') "
+                "if the simulator is differentiable"
+            )
+        warnings.warn(
+            f"Model parameters {missed} receive no gradient from LFVI, so they stay where "
+            f"they were initialised: {how}.",
+            LFVIWarning,
+            stacklevel=4,
+        )
 
     def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
         """
@@ -597,5 +692,7 @@ class LFVI(ELBO):
             surrogate = self._surrogate(elbo, d_loss)
             if surrogate.requires_grad:
                 surrogate.backward(retain_graph=self.retain_graph)
+        if not self._model_params_checked and len(self.history) >= self.warmup_steps:
+            self._check_model_params()
         self._record(elbo, d_loss)
         return -float(elbo.detach())

@@ -8,17 +8,77 @@ They serve the demo, the tests and the benchmarks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
+from torch import nn
 
 from .elbo import LFVI
 from .implicit import ImplicitSite
 
-__all__ = ["ConjugateNormal", "HierarchicalNormal", "standardized_errors", "train"]
+__all__ = [
+    "BimodalLocals",
+    "ConjugateNormal",
+    "HierarchicalNormal",
+    "NoiseNetwork",
+    "standardized_errors",
+    "train",
+]
+
+
+class NoiseNetwork(nn.Module):
+    r"""
+    An inference network fed with noise, for implicit guides:
+    :math:`z = T(\delta, \text{inputs})`, :math:`\delta \sim N(0, I)`. Its
+    draws have no density; wrap it in an :class:`~pyro_lfvi.ImplicitSite`
+    with ``reparameterized=True``.
+
+    ``forward(*inputs)`` takes tensors of one common batch shape and returns
+    one scalar draw per batch element. With ``location_scale=True`` the first
+    two inputs are a location and a positive scale, and the draw is
+    ``loc + scale * T(delta, other inputs)``.
+
+    Example::
+
+        net = NoiseNetwork(inputs=2)  # z_n = T(delta, x_n, beta)
+        with pyro.plate("data", N):
+            pyro.sample("z", ImplicitSite(pyro.module("net", net), x, beta.expand(N),
+                                          reparameterized=True))
+
+    :param int inputs: number of scalar inputs besides the noise (and
+        besides ``loc`` and ``scale`` when ``location_scale``).
+    :param int noise_dim: dimension of the noise.
+    :param int hidden: width of the two hidden layers.
+    :param bool location_scale: see above.
+    """
+
+    def __init__(
+        self, inputs: int, noise_dim: int = 2, hidden: int = 32, location_scale: bool = False
+    ) -> None:
+        super().__init__()
+        self.noise_dim = noise_dim
+        self.location_scale = location_scale
+        self.net = nn.Sequential(
+            nn.Linear(inputs + noise_dim, hidden),
+            nn.ELU(),
+            nn.Linear(hidden, hidden),
+            nn.ELU(),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        loc_scale, rest = (inputs[:2], inputs[2:]) if self.location_scale else ((), inputs)
+        shape = torch.broadcast_shapes(*(t.shape for t in inputs))
+        noise = torch.randn((*shape, self.noise_dim))
+        features = torch.cat([*(t.expand(shape).unsqueeze(-1) for t in rest), noise], -1)
+        out = self.net(features).squeeze(-1)
+        if loc_scale:
+            return loc_scale[0] + loc_scale[1] * out
+        return out
 
 
 @dataclass
@@ -91,8 +151,10 @@ class HierarchicalNormal:
     noise: float = 1.0
     data: torch.Tensor = field(init=False)
     true_theta: torch.Tensor = field(init=False)
+    noise_network: NoiseNetwork = field(init=False)
 
     def __post_init__(self) -> None:
+        self.noise_network = NoiseNetwork(inputs=0, noise_dim=2, hidden=16, location_scale=True)
         self.true_theta = self.true_mu + self.true_tau * torch.randn(self.num_groups)
         eps = torch.randn(self.num_groups, self.num_obs)
         self.data = self.true_theta.unsqueeze(-1) + self.noise * eps
@@ -109,7 +171,8 @@ class HierarchicalNormal:
             site = ImplicitSite(self.simulate, theta, event_shape=(self.num_obs,))
             pyro.sample("y", site, obs=data[idx])
 
-    def guide(self, data: torch.Tensor) -> None:
+    def _guide_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample the globals; return the per-group location and scale params."""
         mu_loc = pyro.param("mu_loc", torch.tensor(0.0))
         mu_scale = pyro.param("mu_scale", torch.tensor(1.0), constraint=constraints.positive)
         lt_loc = pyro.param("log_tau_loc", torch.tensor(0.0))
@@ -120,8 +183,24 @@ class HierarchicalNormal:
         th_scale = pyro.param(
             "theta_scale", torch.ones(self.num_groups), constraint=constraints.positive
         )
+        return th_loc, th_scale
+
+    def guide(self, data: torch.Tensor) -> None:
+        th_loc, th_scale = self._guide_params()
         with pyro.plate("groups", self.num_groups, subsample_size=self.batch_size) as idx:
             pyro.sample("theta", dist.Normal(th_loc[idx], th_scale[idx]))
+
+    def implicit_guide(self, data: torch.Tensor) -> None:
+        """
+        The same globals as :meth:`guide`; each ``theta_j`` is
+        ``loc_j + scale_j * h(noise)`` with ``h`` a small network fed with
+        two-dimensional noise: an implicit guide with no density.
+        """
+        th_loc, th_scale = self._guide_params()
+        noise_net = pyro.module("theta_noise", self.noise_network)
+        with pyro.plate("groups", self.num_groups, subsample_size=self.batch_size) as idx:
+            site = ImplicitSite(noise_net, th_loc[idx], th_scale[idx], reparameterized=True)
+            pyro.sample("theta", site)
 
     def exact(self, grid: int = 601) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Exact posterior means and sds of ``mu``, ``log_tau`` and ``theta``."""
@@ -203,3 +282,100 @@ def train(
     for _ in range(num_steps):
         svi.step(problem.data)
     return elbo
+
+
+@dataclass
+class BimodalLocals:
+    r"""
+    A model whose local posteriors are bimodal: ``tau ~ LogNormal(0, 1)``,
+    ``z_n ~ Normal(0, tau)`` (local), and a simulator that sees only the
+    magnitude, ``x_n ~ Normal(|z_n|, noise)``. Given ``x_n`` the sign of
+    ``z_n`` is unknown, so its posterior has two modes near :math:`\pm x_n`.
+
+    :meth:`guide` is a Normal local guide (one mode at most);
+    :meth:`implicit_guide` a :class:`NoiseNetwork` fed with ``x_n`` and
+    ``log tau``. :meth:`exact` computes the exact posterior on grids (``z``
+    integrated out per point for ``tau``, then each local marginal as a
+    mixture over ``tau``), and :meth:`local_wasserstein` the 1-Wasserstein
+    distance of guide draws from each exact local marginal.
+    """
+
+    num_data: int = 100
+    batch_size: int = 50
+    true_tau: float = 1.5
+    noise: float = 0.25
+    data: torch.Tensor = field(init=False)
+    network: NoiseNetwork = field(init=False)
+
+    def __post_init__(self) -> None:
+        z = self.true_tau * torch.randn(self.num_data)
+        self.data = z.abs() + self.noise * torch.randn(self.num_data)
+        self.network = NoiseNetwork(inputs=2, noise_dim=2, hidden=64)
+
+    def simulate(self, z: torch.Tensor) -> torch.Tensor:
+        """The simulator: a noisy magnitude."""
+        return z.abs() + self.noise * torch.randn_like(z)
+
+    def model(self, data: torch.Tensor) -> None:
+        tau = pyro.sample("tau", dist.LogNormal(0.0, 1.0))
+        with pyro.plate("data", self.num_data, subsample_size=self.batch_size) as idx:
+            z = pyro.sample("z", dist.Normal(0.0, tau))
+            pyro.sample("x", ImplicitSite(self.simulate, z), obs=data[idx])
+
+    def _tau(self) -> torch.Tensor:
+        loc = pyro.param("tau_loc", torch.tensor(0.0))
+        scale = pyro.param("tau_scale", torch.tensor(0.3), constraint=constraints.positive)
+        return pyro.sample("tau", dist.LogNormal(loc, scale))
+
+    def guide(self, data: torch.Tensor) -> None:
+        self._tau()
+        loc = pyro.param("z_loc", lambda: 0.1 * torch.randn(self.num_data))
+        scale = pyro.param("z_scale", torch.ones(self.num_data), constraint=constraints.positive)
+        with pyro.plate("data", self.num_data, subsample_size=self.batch_size) as idx:
+            pyro.sample("z", dist.Normal(loc[idx], scale[idx]))
+
+    def implicit_guide(self, data: torch.Tensor) -> None:
+        log_tau = self._tau().log()
+        net = pyro.module("z_network", self.network)
+        with pyro.plate("data", self.num_data, subsample_size=self.batch_size) as idx:
+            x = data[idx]
+            site = ImplicitSite(net, x, log_tau, reparameterized=True)
+            pyro.sample("z", site)
+
+    @torch.no_grad()
+    def guide_draws(self, implicit: bool, num_draws: int = 4000) -> torch.Tensor:
+        """Draws ``(num_draws, N)`` of every ``z_n`` from a fitted guide."""
+        tau_dist = dist.LogNormal(pyro.param("tau_loc"), pyro.param("tau_scale"))
+        log_tau = tau_dist.sample((num_draws, 1)).log()
+        if implicit:
+            return self.network(self.data.expand(num_draws, -1), log_tau)
+        loc, scale = pyro.param("z_loc"), pyro.param("z_scale")
+        return loc + scale * torch.randn(num_draws, self.num_data)
+
+    def _grids(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z = torch.linspace(-8.0, 8.0, 1601, dtype=torch.float64)
+        log_tau = torch.linspace(-2.5, 2.5, 401, dtype=torch.float64)
+        x = self.data.double()
+        joint = dist.Normal(0.0, log_tau.exp()[:, None, None]).log_prob(z) + dist.Normal(
+            z.abs(), self.noise
+        ).log_prob(x[:, None])
+        return z, log_tau, joint
+
+    def exact(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Exact posterior: ``log_tau`` (mean, sd) and the local CDFs on a grid."""
+        z, log_tau, joint = self._grids()
+        dz = float(z[1] - z[0])
+        log_lik = (torch.logsumexp(joint, -1) + math.log(dz)).sum(-1)
+        log_post = log_lik + dist.Normal(0.0, 1.0).log_prob(log_tau)
+        w = torch.softmax(log_post, 0)
+        mean = (w * log_tau).sum()
+        sd = ((w * log_tau**2).sum() - mean**2).sqrt()
+        local = (w[:, None, None] * torch.softmax(joint, -1)).sum(0)
+        return {"log_tau": (mean, sd), "z_cdf": (z, local.cumsum(-1))}
+
+    def local_wasserstein(self, draws: torch.Tensor) -> torch.Tensor:
+        """1-Wasserstein distance of draws ``(S, N)`` from each exact local marginal."""
+        z, cdf = self.exact()["z_cdf"]
+        dz = float(z[1] - z[0])
+        empirical = (draws.double().unsqueeze(-1) <= z).double().mean(0)
+        return (empirical - cdf).abs().sum(-1) * dz

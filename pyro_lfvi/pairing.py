@@ -15,11 +15,13 @@ Every observed and local value is then flattened to one row per data point,
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
@@ -32,6 +34,7 @@ __all__ = [
     "PairedJoints",
     "SiteRoles",
     "classify_sites",
+    "gaussian_contrast",
     "plate_nesting",
     "point_log_prob",
 ]
@@ -64,7 +67,8 @@ class PairedJoints:
     density (``explicit_locals``), the ``*_offset`` tensors ``(P, M)`` hold
     ``log p(z_n | beta) - log q(z_n | x_n, beta)`` per data point, and the
     discriminator only has to learn the implicit likelihood's part of the
-    ratio; otherwise the offsets are zero.
+    ratio; otherwise the offsets are zero. ``model_params`` names the
+    params that the model registers and the guide does not.
     """
 
     roles: SiteRoles
@@ -84,6 +88,7 @@ class PairedJoints:
     scale: torch.Tensor
     global_log_ratio: torch.Tensor
     num_particles: int
+    model_params: list[str]
 
 
 def _sample_sites(trace: Any) -> OrderedDict[str, Any]:
@@ -216,7 +221,12 @@ def _particle_axis(value: torch.Tensor, site: Any, particle_plate: str) -> int:
 
 
 def widen_globals(
-    guide_trace: Any, model_trace: Any, names: list[str], particle_plate: str, factor: float
+    guide_trace: Any,
+    model_trace: Any,
+    names: list[str],
+    particle_plate: str,
+    factor: float,
+    point_spread: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """
     Spread the particles of each global latent ``factor`` times further from
@@ -226,6 +236,10 @@ def widen_globals(
     globals that both of its sides share, so the discriminator may train on
     these wider draws: they show it how the data change with the globals over
     a range that does not shrink to the posterior's width.
+
+    Where all particles coincide (a point-mass guide such as ``AutoDelta``:
+    variational EM), there is no spread to widen; the training globals are
+    then drawn around the point with standard deviation ``point_spread``.
     """
     out = {}
     for name in names:
@@ -242,7 +256,12 @@ def widen_globals(
                 f"(e.g. LogNormal for a positive global, or an autoguide)"
             )
         centre = u.mean(axis, keepdim=True)
-        out[name] = transform(centre + factor * (u - centre))
+        spread = factor * (u - centre)
+        if point_spread > 0:
+            tol = 1e-6 * (1.0 + centre.abs())
+            point = ((u - centre).abs() <= tol).all(axis, keepdim=True)
+            spread = torch.where(point, point_spread * torch.randn_like(u), spread)
+        out[name] = transform(centre + spread)
     return out
 
 
@@ -252,15 +271,43 @@ def point_log_prob(fn: Any, value: torch.Tensor, site: Any, lead: list[str | Non
     return _to_rows(log_p, None, site, lead).sum(-1)
 
 
+def gaussian_contrast(site: Any, num_draws: int) -> Any:
+    """
+    A Normal fitted, per batch element, to the value of an implicit guide
+    site and ``num_draws`` fresh draws of it: an explicit stand-in for its
+    unknown density.
+
+    Its moments are constants (no gradient), so differentiating its log
+    density at a reparameterised draw gives the pathwise entropy gradient of
+    the Normal that matches the guide's first two moments. The site's own
+    value is among the draws, so no draw can lie more than
+    ``sqrt(num_draws)`` fitted sds from the fitted mean: a guide cannot
+    inflate its estimated entropy with rare outliers that the fresh draws
+    happen to miss.
+    """
+    fn = site["fn"]
+    with torch.no_grad():
+        extra = fn.sample(torch.Size([num_draws]))
+        draws = torch.cat([site["value"].detach().expand(extra.shape[1:]).unsqueeze(0), extra])
+        loc = draws.mean(0)
+        scale = draws.std(0).clamp_min(1e-6 * (1.0 + loc.abs()))
+    return dist.Normal(loc, scale).to_event(len(fn.event_shape))
+
+
 def _local_offset(
-    prior_trace: Any, guide_trace: Any, values: Any, names: list[str], lead: list[str | None]
+    prior_trace: Any,
+    guide_trace: Any,
+    values: Any,
+    names: list[str],
+    lead: list[str | None],
+    densities: dict[str, Any],
 ) -> torch.Tensor:
     total = torch.zeros(())
     for name in names:
         value = values.nodes[name]["value"]
         site = guide_trace.nodes[name]
         total = total + point_log_prob(prior_trace.nodes[name]["fn"], value, site, lead)
-        total = total - point_log_prob(site["fn"], value, site, lead)
+        total = total - point_log_prob(densities.get(name, site["fn"]), value, site, lead)
     return total
 
 
@@ -268,6 +315,23 @@ def _site_log_prob(site: Any) -> torch.Tensor:
     log_p = site["fn"].log_prob(site["value"])
     scale = site["scale"]
     return (log_p * scale).sum()
+
+
+def trace_guide(guide: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Trace the guide, explaining the plate clash typical of AutoGuideList parts."""
+    try:
+        return poutine.trace(guide).get_trace(*args, **kwargs)
+    except RuntimeError as err:
+        found = re.match(r"Multiple sample sites named '([^']*)'", str(err))
+        if found is None:
+            raise
+        name = found.group(1)
+        raise ModelStructureError(
+            f"The guide has two sample sites named '{name}'. If '{name}' is a plate: "
+            f"AutoGuideList opens the model's plates itself, so a hand-written part must "
+            f"enter the list's own plate (with guide.plates['{name}'] as idx: ...) "
+            f"instead of opening a new pyro.plate"
+        ) from err
 
 
 def pair_joints(
@@ -278,6 +342,9 @@ def pair_joints(
     particle_plate: str | None = None,
     num_particles: int = 1,
     widen: float = 1.0,
+    contrast_draws: int = 16,
+    point_spread: float = 0.5,
+    model_grad: bool = False,
 ) -> PairedJoints:
     """
     Run the guide and both sides of the model, and flatten them per data point.
@@ -292,8 +359,16 @@ def pair_joints(
     :param float widen: factor by which the training globals are spread
         around the particle mean (see :func:`widen_globals`); used only with
         a particle plate of two or more particles.
+    :param int contrast_draws: extra draws of each implicit local guide site
+        to which a Normal is fitted (see :func:`gaussian_contrast`); 0 leaves
+        the whole local ratio to the discriminator.
+    :param float point_spread: spread of the training globals around a
+        point-mass guide's value (see :func:`widen_globals`).
+    :param bool model_grad: keep the graph from the model's own parameters
+        to the p-side simulations (for adversarial training of a
+        differentiable simulator).
     """
-    guide_trace = poutine.trace(name_implicit_sites()(guide)).get_trace(*args, **kwargs)
+    guide_trace = trace_guide(name_implicit_sites()(guide), args, kwargs)
     model_fn = name_implicit_sites()(model)
     q_trace = poutine.trace(poutine.replay(model_fn, trace=guide_trace)).get_trace(*args, **kwargs)
     roles = classify_sites(q_trace, guide_trace, particle_plate)
@@ -301,7 +376,9 @@ def pair_joints(
 
     wide: dict[str, torch.Tensor] = {}
     if widen != 1.0 and particle_plate is not None and num_particles > 1 and roles.global_:
-        wide = widen_globals(guide_trace, q_trace, roles.global_, particle_plate, widen)
+        wide = widen_globals(
+            guide_trace, q_trace, roles.global_, particle_plate, widen, point_spread
+        )
 
     # Replay the globals and the minibatch indices the q-side used (taken from
     # the model's run, so that a guide without the data plate still pairs).
@@ -312,11 +389,15 @@ def pair_joints(
     globals_only = subsample_only.copy()
     for name in roles.global_:
         site = guide_trace.nodes[name]
-        globals_only.add_node(name, **dict(site, value=wide.get(name, site["value"])))
-    with torch.no_grad():
+        value = wide[name] if name in wide else cast(torch.Tensor, site["value"]).detach()
+        globals_only.add_node(name, **dict(site, value=value))
+    # The p-side carries gradients only to the model's own parameters, and
+    # only when they are trained adversarially.
+    with torch.set_grad_enabled(model_grad and torch.is_grad_enabled()):
         p_trace = poutine.trace(
             poutine.uncondition(poutine.replay(model_fn, trace=globals_only))
         ).get_trace(*args, **kwargs)
+    with torch.no_grad():
         t_trace = guide_trace
         if wide and roles.local:
             # The guide's locals at the widened globals, on the same minibatch.
@@ -359,18 +440,30 @@ def pair_joints(
                     f"{tuple(p_rows[name].shape)} when the model simulates it"
                 )
 
-    explicit = bool(roles.local) and not any(
-        isinstance(tr.nodes[name]["fn"], ImplicitSite)
-        for name in roles.local
-        for tr in (q_trace, guide_trace)
+    implicit_guides = [
+        name for name in roles.local if isinstance(guide_trace.nodes[name]["fn"], ImplicitSite)
+    ]
+    explicit = (
+        bool(roles.local)
+        and not any(isinstance(q_trace.nodes[n]["fn"], ImplicitSite) for n in roles.local)
+        and (contrast_draws > 0 or not implicit_guides)
     )
     zeros = torch.zeros(q_obs[roles.observed[0]].shape[:2])
     q_off, p_off, t_off = zeros, zeros, zeros
     if explicit:
-        q_off = zeros + _local_offset(q_trace, guide_trace, q_trace, roles.local, lead)
+        q_dens = {
+            n: gaussian_contrast(guide_trace.nodes[n], contrast_draws) for n in implicit_guides
+        }
+        t_dens = q_dens
+        if t_trace is not guide_trace:
+            t_dens = {
+                n: gaussian_contrast(t_trace.nodes[n], contrast_draws) for n in implicit_guides
+            }
+        q_off = zeros + _local_offset(q_trace, guide_trace, q_trace, roles.local, lead, q_dens)
+        with torch.set_grad_enabled(model_grad and torch.is_grad_enabled()):
+            p_off = zeros + _local_offset(p_trace, t_trace, p_trace, roles.local, lead, t_dens)
         with torch.no_grad():
-            p_off = zeros + _local_offset(p_trace, t_trace, p_trace, roles.local, lead)
-            t_off = zeros + _local_offset(p_trace, t_trace, t_trace, roles.local, lead)
+            t_off = zeros + _local_offset(p_trace, t_trace, t_trace, roles.local, lead, t_dens)
 
     first = q_trace.nodes[roles.observed[0]]
     scale = torch.as_tensor(first["scale"], dtype=torch.get_default_dtype())
@@ -408,4 +501,9 @@ def pair_joints(
         scale=scale,
         global_log_ratio=(log_p - log_q) / num_particles,
         num_particles=num_particles,
+        model_params=[
+            name
+            for name, site in q_trace.nodes.items()
+            if site["type"] == "param" and name not in guide_trace.nodes
+        ],
     )
