@@ -19,8 +19,9 @@ from torch import nn
 
 from .diagnostics import LFVIWarning, TrainingMonitor, discriminator_accuracy
 from .discriminator import MLPDiscriminator, concat_features
+from .global_ratio import PriorShapeClassifier
 from .pairing import PairedJoints, pair_joints, plate_nesting, point_log_prob, trace_guide
-from .ratio_losses import RatioLoss, resolve_ratio_loss
+from .ratio_losses import RatioLoss, log_loss, resolve_ratio_loss
 from .validation import (
     DiscriminatorError,
     check_nonnegative_int,
@@ -68,6 +69,8 @@ class LFVIModule(ELBOModule):
         loss = self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
         if "discriminator" not in self._modules and self.elbo.discriminator is not None:
             self.discriminator = self.elbo.discriminator
+        if len(self.elbo.prior_classifiers) != len(getattr(self, "prior_classifiers", ())):
+            self.prior_classifiers = nn.ModuleDict(self.elbo.prior_classifiers)
         return loss
 
 
@@ -77,8 +80,10 @@ class LFVI(ELBO):
 
     The model may contain :class:`~pyro_lfvi.ImplicitSite` sites (simulators
     without a density) as its likelihood and as priors of local latents; the
-    guide's local sites may be implicit too. Global latents need an explicit
-    prior and an explicit, reparameterised guide. LFVI maximises
+    guide's local sites may be implicit too. Global latents need an explicit,
+    reparameterised guide; their prior may be implicit, in which case
+    :math:`\log p(\beta)` is estimated by a second, small ratio estimator
+    (see :mod:`pyro_lfvi.global_ratio`). LFVI maximises
 
     .. math::
 
@@ -294,6 +299,8 @@ class LFVI(ELBO):
         self.model_params = model_params
         self._model_params_checked = False
         self._generator_loss = torch.zeros(())
+        self._prior_loss = torch.zeros(())
+        self.prior_classifiers: dict[str, nn.Module] = {}
         self._model_param_names: list[str] = []
         self.contrast_draws = check_nonnegative_int("contrast_draws", contrast_draws)
         if self.contrast_draws == 1:
@@ -470,6 +477,13 @@ class LFVI(ELBO):
                 self._logits(self.discriminator, pair, "q", detach_weights=True)
         return pyro.module(self.discriminator_name, self.discriminator, update_module_params=True)
 
+    def _prior_classifier(self, name: str, size: int) -> nn.Module:
+        """The shape classifier of an implicit global prior (see global_ratio)."""
+        if name not in self.prior_classifiers:
+            self.prior_classifiers[name] = PriorShapeClassifier(size)
+        module_name = f"{self.discriminator_name}_prior_{name}"
+        return pyro.module(module_name, self.prior_classifiers[name], update_module_params=True)
+
     # -- objectives ------------------------------------------------------------
 
     def _log_ratio(self, net: nn.Module, pair: PairedJoints) -> torch.Tensor:
@@ -517,6 +531,7 @@ class LFVI(ELBO):
         elbo = torch.zeros(())
         d_loss = torch.zeros(())
         generator = torch.zeros(())
+        prior_loss = torch.zeros(())
         stats = {"discriminator_accuracy": 0.0, "mean_logit_p": 0.0, "mean_logit_q": 0.0}
         for pair in pairs:
             logits_p = self._logits(net, pair, "p", detach_weights=False) + pair.p_offset
@@ -526,6 +541,15 @@ class LFVI(ELBO):
             scale = pair.scale.expand(log_ratio.shape)
             per_point = (scale * log_ratio).sum() / pair.num_particles
             elbo = elbo + (pair.global_log_ratio + per_point) / len(pairs)
+            for name, contrast in pair.prior_contrasts.items():
+                classifier = self._prior_classifier(name, contrast.value.shape[-1])
+                with _frozen_weights(classifier):
+                    shape_term = classifier(contrast.value).sum()
+                log_prior = contrast.log_reference + shape_term
+                elbo = elbo + log_prior / pair.num_particles / len(pairs)
+                prior_loss = prior_loss + log_loss(
+                    classifier(contrast.prior), classifier(contrast.reference)
+                ) / len(pairs)
             if self.model_params == "adversarial":
                 # KL(model || data) over the training joints, differentiated
                 # through the simulations into the simulator's parameters.
@@ -541,6 +565,7 @@ class LFVI(ELBO):
                     stats.update(self._debug(log_ratio, pair, args, kwargs))
         self._last_stats = stats
         self._generator_loss = generator
+        self._prior_loss = prior_loss
         self._model_param_names = pairs[0].model_params
         if self.monitor is not None:
             self._last_globals = self._global_summary(pairs[0])
@@ -592,7 +617,8 @@ class LFVI(ELBO):
     def _surrogate(self, elbo: torch.Tensor, d_loss: torch.Tensor) -> torch.Tensor:
         """What one backward pass differentiates: -ELBO for the guide, the
         scoring rule for the discriminator, each only where it should train."""
-        guide_part = -elbo + self._generator_loss
+        # The implicit-prior classifiers always train with the SVI optimiser.
+        guide_part = -elbo + self._generator_loss + self._prior_loss
         if len(self.history) < self.warmup_steps:
             guide_part = -elbo.detach()
         if self.discriminator_optim is not None or self.discriminator_steps == 0:

@@ -27,8 +27,12 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
+from .global_ratio import PriorContrast, prior_contrast
 from .implicit import ImplicitSite, name_implicit_sites
 from .validation import ModelStructureError
+
+PRIOR_DRAWS = 64
+"""Draws of an implicit global prior per particle and step."""
 
 __all__ = [
     "PairedJoints",
@@ -69,6 +73,9 @@ class PairedJoints:
     discriminator only has to learn the implicit likelihood's part of the
     ratio; otherwise the offsets are zero. ``model_params`` names the
     params that the model registers and the guide does not.
+    ``global_log_ratio`` leaves out the prior of globals whose prior is
+    implicit; ``prior_contrasts`` holds what estimates it (see
+    :mod:`pyro_lfvi.global_ratio`).
     """
 
     roles: SiteRoles
@@ -89,6 +96,7 @@ class PairedJoints:
     global_log_ratio: torch.Tensor
     num_particles: int
     model_params: list[str]
+    prior_contrasts: dict[str, PriorContrast]
 
 
 def _sample_sites(trace: Any) -> OrderedDict[str, Any]:
@@ -163,26 +171,20 @@ def classify_sites(model_trace: Any, guide_trace: Any, particle_plate: str | Non
 
 
 def check_globals(model_trace: Any, guide_trace: Any, roles: SiteRoles) -> None:
-    """Globals need an explicit prior and an explicit, reparameterised guide."""
+    """Globals need an explicit, reparameterised guide (their prior may be implicit)."""
     where = (
         f"inside plate '{roles.data_plate}'"
         if roles.data_plate
         else "inside the plate that indexes data points"
     )
     for name in roles.global_:
-        prior = model_trace.nodes[name]["fn"]
         post = guide_trace.nodes[name]["fn"]
-        if isinstance(prior, ImplicitSite):
-            raise ModelStructureError(
-                f"Global site '{name}' has an implicit prior (ImplicitSite). LFVI "
-                f"needs log p(beta) for global latents: give '{name}' an explicit "
-                f"Pyro distribution, or, if it is per data point, sample it {where}"
-            )
         if isinstance(post, ImplicitSite):
             raise ModelStructureError(
                 f"Global site '{name}' has an implicit guide (ImplicitSite). LFVI "
                 f"needs log q(beta) for global latents: use an explicit distribution "
-                f"in the guide (e.g. dist.Normal or an autoguide such as AutoNormal)"
+                f"in the guide (e.g. dist.Normal or an autoguide such as AutoNormal), "
+                f"or, if '{name}' is per data point, sample it {where} in model and guide"
             )
         if not post.has_rsample:
             raise ModelStructureError(
@@ -472,7 +474,10 @@ def pair_joints(
         scale = _to_rows(scale.expand(batch_shape), None, first, lead).mean(-1)
 
     zero = torch.zeros(())
-    log_p = sum((_site_log_prob(q_trace.nodes[n]) for n in roles.global_), zero)
+    implicit_priors = [n for n in roles.global_ if isinstance(q_trace.nodes[n]["fn"], ImplicitSite)]
+    explicit_priors = [n for n in roles.global_ if n not in implicit_priors]
+    log_p = sum((_site_log_prob(q_trace.nodes[n]) for n in explicit_priors), zero)
+    contrasts = {n: prior_contrast(q_trace.nodes[n], PRIOR_DRAWS) for n in implicit_priors}
     # Guide-only sites outside the data plate (e.g. the latent of Pyro's
     # AutoContinuous guides) carry part of log q(beta), as in Trace_ELBO.
     auxiliary = [
@@ -500,6 +505,7 @@ def pair_joints(
         lead=lead,
         scale=scale,
         global_log_ratio=(log_p - log_q) / num_particles,
+        prior_contrasts=contrasts,
         num_particles=num_particles,
         model_params=[
             name

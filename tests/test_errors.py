@@ -61,9 +61,11 @@ def trained_store():
     return snapshot()
 
 
-def test_global_with_implicit_prior(trained_store):
+def test_global_implicit_prior_whose_simulator_ignores_the_batch(trained_store):
+    # Implicit global priors are supported (pyro_lfvi.global_ratio), but their
+    # simulator must return one draw per batch element, as for any site.
     model = model_with(prior=ImplicitSite(lambda: torch.randn(()), batch_shape=()))
-    with pytest.raises(ModelStructureError, match=r"Global site 'mu' has an implicit prior"):
+    with pytest.raises(SimulatorError, match=r"site 'mu' to return shape"):
         svi_with(model, normal_guide).step(DATA)
     assert_untouched(trained_store)
 
