@@ -265,7 +265,11 @@ class ImplicitSite(TorchDistribution):
         raise ImplicitDensityError(
             f"{self._describe()} is implicit: a simulator with no density, so "
             f"log_prob cannot be evaluated. Losses such as Trace_ELBO need densities; "
-            f"train with pyro_lfvi.LFVI(), which only samples implicit sites"
+            f"train with pyro_lfvi.LFVI(), which only samples implicit sites. Guides "
+            f"that evaluate the model's density (AutoGaussian, AutoStructured, "
+            f"AutoLaplaceApproximation.laplace_approximation) cannot be used either: use "
+            f"AutoNormal, AutoDiagonalNormal, AutoMultivariateNormal, AutoIAFNormal or "
+            f"AutoDelta"
         )
 
     def __repr__(self) -> str:

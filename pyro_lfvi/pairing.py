@@ -28,7 +28,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
 from .global_ratio import PriorContrast, prior_contrast
-from .implicit import ImplicitSite, name_implicit_sites
+from .implicit import ImplicitDensityError, ImplicitSite, name_implicit_sites
 from .validation import ModelStructureError
 
 PRIOR_DRAWS = 64
@@ -323,6 +323,14 @@ def trace_guide(guide: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[s
     """Trace the guide, explaining the plate clash typical of AutoGuideList parts."""
     try:
         return poutine.trace(guide).get_trace(*args, **kwargs)
+    except ImplicitDensityError as err:
+        raise ModelStructureError(
+            f"The guide evaluated the model's log density, which implicit sites do not "
+            f"have ({err.args[0].split(':')[0]}). Autoguides such as AutoGaussian and "
+            f"AutoStructured do that: use AutoNormal, AutoDiagonalNormal, "
+            f"AutoMultivariateNormal, AutoIAFNormal or AutoDelta for the globals, and "
+            f"AutoGuideList to add a hand-written local guide"
+        ) from err
     except RuntimeError as err:
         found = re.match(r"Multiple sample sites named '([^']*)'", str(err))
         if found is None:

@@ -15,13 +15,21 @@ from pyro.distributions import constraints
 from pyro.infer import SVI
 from pyro.infer.autoguide import (
     AutoDelta,
+    AutoGaussian,
     AutoGuideList,
     AutoIAFNormal,
     AutoNormal,
+    AutoStructured,
     init_to_value,
 )
 
-from pyro_lfvi import LFVI, ImplicitSite, LFVIWarning, ModelStructureError
+from pyro_lfvi import (
+    LFVI,
+    ImplicitDensityError,
+    ImplicitSite,
+    LFVIWarning,
+    ModelStructureError,
+)
 from pyro_lfvi.examples import (
     BimodalLocals,
     ConjugateNormal,
@@ -173,6 +181,16 @@ def test_autoguidelist_part_that_opens_a_plate_again_gets_advice():
     with pytest.raises(ModelStructureError, match=r"guide.plates\['groups'\]") as info:
         LFVI().loss(problem.model, guide, problem.data)
     assert isinstance(info.value.__cause__, RuntimeError)
+
+
+@pytest.mark.parametrize("autoguide", [AutoGaussian, AutoStructured])
+def test_autoguides_that_need_the_model_density_say_which_guides_work(autoguide):
+    problem = ConjugateNormal()
+    svi = SVI(problem.model, autoguide(problem.model), pyro.optim.Adam({"lr": 0.01}), LFVI())
+    with pytest.raises(ModelStructureError, match="use AutoNormal, AutoDiagonalNormal") as info:
+        svi.step(problem.data)
+    assert isinstance(info.value.__cause__, ImplicitDensityError)
+    assert not list(pyro.get_param_store().keys())
 
 
 def adversarial_problem(reparameterized):
