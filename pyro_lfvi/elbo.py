@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -14,16 +12,14 @@ from pyro import poutine
 from pyro.infer import ELBO
 from pyro.infer.elbo import ELBOModule
 from pyro.optim import PyroOptim
-from pyro.params import module_from_param_with_module_name
 from torch import nn
 
-from .diagnostics import LFVIWarning, TrainingMonitor, discriminator_accuracy
-from .discriminator import MLPDiscriminator, concat_features
-from .global_ratio import PriorShapeClassifier
+from .controls import TrainingControls
+from .diagnostics import TrainingMonitor, discriminator_accuracy
+from .estimator import frozen_weights
 from .pairing import PairedJoints, pair_joints, plate_nesting, point_log_prob, trace_guide
 from .ratio_losses import RatioLoss, log_loss, resolve_ratio_loss
 from .validation import (
-    DiscriminatorError,
     check_nonnegative_int,
     check_positive_int,
     check_positive_number,
@@ -47,19 +43,6 @@ def _rollback_on_error() -> Iterator[None]:
         raise
 
 
-@contextlib.contextmanager
-def _frozen_weights(net: nn.Module) -> Iterator[None]:
-    """Evaluate ``net`` with its weights as constants: inputs still get gradients."""
-    params = [p for p in net.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-
-
 class LFVIModule(ELBOModule):
     """:class:`~pyro.infer.elbo.ELBOModule` that also owns the discriminator."""
 
@@ -74,7 +57,7 @@ class LFVIModule(ELBOModule):
         return loss
 
 
-class LFVI(ELBO):
+class LFVI(TrainingControls, ELBO):
     r"""
     Likelihood-free variational inference [1] for hierarchical implicit models.
 
@@ -129,7 +112,11 @@ class LFVI(ELBO):
     as known terms, :math:`r = \log p(z_n \mid \beta) - \log q(z_n \mid
     x_n, \beta) + s(x_n, z_n, \beta)`, and the network :math:`s` only learns
     the simulator's part, :math:`\log p(x_n \mid z_n, \beta) - \log q(x_n)`.
-    Otherwise the network estimates the whole ratio, as in the paper.
+    When a local prior has a density but its guide is implicit (a network fed
+    with noise), a Normal fitted at each step to ``contrast_draws`` extra draws
+    of the guide stands in for :math:`\log q(z_n \mid x_n, \beta)` in the
+    known part, and the network learns the remainder. Otherwise the network
+    estimates the whole ratio, as in the paper.
 
     **Defaults, and why.** A plain implementation overestimates the posterior
     sd by 1.5-1.8x on a conjugate Normal model (N = 1000); with these
@@ -406,121 +393,7 @@ class LFVI(ELBO):
             for _ in range(self.num_particles)
         ]
 
-    # -- discriminator ---------------------------------------------------------
-
-    def _inputs(self, pair: PairedJoints, side: str) -> tuple[dict[str, torch.Tensor], ...]:
-        """Discriminator inputs: ``"q"`` for the ELBO, ``"p"``/``"t"`` for training."""
-        if side == "p":
-            return pair.p_observed, pair.p_local, pair.p_global
-        if side == "t":
-            return pair.q_observed, pair.t_local, pair.p_global
-        return pair.q_observed, pair.q_local, pair.q_global
-
-    def _build(self, pair: PairedJoints) -> nn.Module:
-        # Standardise on the first batch of both sides: the data with the
-        # guide's own draws, and the model's simulations.
-        feats_q = concat_features(*self._inputs(pair, "q")).detach()
-        feats_p = concat_features(*self._inputs(pair, "p")).detach()
-        net = MLPDiscriminator(feats_q.shape[-1], self.hidden_sizes)
-        net.fit_standardization(feats_q, feats_p)
-        return net
-
-    def _logits(
-        self,
-        net: nn.Module,
-        pair: PairedJoints,
-        side: str,
-        detach_weights: bool,
-        detach_locals: bool = False,
-    ) -> torch.Tensor:
-        obs, loc, glob = self._inputs(pair, side)
-        if detach_locals:
-            loc = {k: v.detach() for k, v in loc.items()}
-        if detach_weights:
-            with _frozen_weights(net):
-                out = net(obs, loc, glob)
-        else:
-            detach = lambda d: {k: v.detach() for k, v in d.items()}  # noqa: E731
-            out = net(detach(obs), detach(loc), detach(glob))
-        expected = (pair.num_particles, pair.roles.num_points)
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise DiscriminatorError(
-                f"Expected the discriminator to return one logit per data point, shape "
-                f"{expected} (particles, points), actual {shape}. Its forward receives "
-                f"observed/local values of shape (P, M, d) and globals of shape (P, d)"
-            )
-        if not bool(torch.isfinite(out).all()):
-            raise DiscriminatorError(
-                "The discriminator returned NaN or inf logits; lower the learning rate "
-                "or clip gradients (e.g. pyro.optim.ClippedAdam)"
-            )
-        return out
-
-    def _discriminator(self, pair: PairedJoints) -> nn.Module:
-        stored = any(
-            module_from_param_with_module_name(k) == self.discriminator_name
-            for k in pyro.get_param_store().keys()
-        )
-        if self.discriminator is None:
-            # Weights already in the store (a resumed run) replace the fresh
-            # ones: build without drawing from the global RNG, so that the
-            # resumed run draws exactly what an uninterrupted run would.
-            with torch.random.fork_rng(enabled=stored):
-                net = self._build(pair)
-            # Check the output before anything reaches the param store.
-            with torch.no_grad():
-                self._logits(net, pair, "q", detach_weights=True)
-            self.discriminator = net
-        elif not stored:
-            with torch.no_grad():
-                self._logits(self.discriminator, pair, "q", detach_weights=True)
-        return pyro.module(self.discriminator_name, self.discriminator, update_module_params=True)
-
-    def _prior_classifier(self, name: str, size: int) -> nn.Module:
-        """The shape classifier of an implicit global prior (see global_ratio)."""
-        if name not in self.prior_classifiers:
-            self.prior_classifiers[name] = PriorShapeClassifier(size)
-        module_name = f"{self.discriminator_name}_prior_{name}"
-        return pyro.module(module_name, self.prior_classifiers[name], update_module_params=True)
-
     # -- objectives ------------------------------------------------------------
-
-    def _log_ratio(self, net: nn.Module, pair: PairedJoints) -> torch.Tensor:
-        """The ELBO's per-point log ratio ``r(x_n, z_n, beta)``, shape ``(P, M)``."""
-        logits = self._logits(net, pair, "q", detach_weights=True)
-        num_points = pair.roles.num_points
-        if not self.self_normalize or num_points < 2:
-            return logits + pair.q_offset
-        log_m = math.log(num_points)
-        if pair.explicit_locals:
-            # s estimates log p(x | z, beta) - log q(x), whose exponential
-            # averages to one over the data for every (z, beta): normalise s
-            # over the minibatch's x for each point's own z.
-            # Grid (particle, z of point k) x (x of point m), as P*M "particles".
-            def repeat(values: dict[str, torch.Tensor], dim: int) -> dict[str, torch.Tensor]:
-                return {
-                    k: v.unsqueeze(dim)
-                    .expand((*v.shape[:dim], num_points, *v.shape[dim:]))
-                    .flatten(0, 1)
-                    for k, v in values.items()
-                }
-
-            obs = repeat(pair.q_observed, 1)
-            loc = repeat(pair.q_local, 2)
-            glob = repeat(pair.q_global, 1)
-            with _frozen_weights(net):
-                grid = net(obs, loc, glob)
-            grid = grid.reshape(pair.num_particles, num_points, num_points)
-            log_norm = torch.logsumexp(grid, -1) - log_m
-            return logits - log_norm + pair.q_offset
-        # r estimates log p(x, z | beta) - log q(x, z | beta), whose exponential
-        # averages to one under the q-side for every beta: normalise per beta.
-        base = logits
-        if pair.q_local:
-            base = self._logits(net, pair, "q", detach_weights=True, detach_locals=True)
-        log_norm = torch.logsumexp(base, -1, keepdim=True) - log_m
-        return logits - log_norm
 
     def _objectives(
         self, model: Any, guide: Any, args: Any, kwargs: Any
@@ -543,7 +416,7 @@ class LFVI(ELBO):
             elbo = elbo + (pair.global_log_ratio + per_point) / len(pairs)
             for name, contrast in pair.prior_contrasts.items():
                 classifier = self._prior_classifier(name, contrast.value.shape[-1])
-                with _frozen_weights(classifier):
+                with frozen_weights(classifier):
                     shape_term = classifier(contrast.value).sum()
                 log_prior = contrast.log_reference + shape_term
                 elbo = elbo + log_prior / pair.num_particles / len(pairs)
@@ -611,73 +484,6 @@ class LFVI(ELBO):
             self.monitor.update(step, entry, *self._last_globals)
         if self.callback is not None:
             self.callback(step, entry)
-
-    # -- training controls -----------------------------------------------------
-
-    def _surrogate(self, elbo: torch.Tensor, d_loss: torch.Tensor) -> torch.Tensor:
-        """What one backward pass differentiates: -ELBO for the guide, the
-        scoring rule for the discriminator, each only where it should train."""
-        # The implicit-prior classifiers always train with the SVI optimiser.
-        guide_part = -elbo + self._generator_loss + self._prior_loss
-        if len(self.history) < self.warmup_steps:
-            guide_part = -elbo.detach()
-        if self.discriminator_optim is not None or self.discriminator_steps == 0:
-            return guide_part + d_loss.detach()
-        return guide_part + d_loss
-
-    def _train_discriminator(self, model: Any, guide: Any, args: Any, kwargs: Any) -> None:
-        """``discriminator_steps`` updates by ``discriminator_optim``, if given."""
-        if self.discriminator_optim is None:
-            return
-        for _ in range(self.discriminator_steps):
-            with torch.no_grad():
-                pairs = self._pair(model, guide, args, kwargs)
-            net = self._discriminator(pairs[0])
-            d_loss = torch.zeros(())
-            for pair in pairs:
-                logits_p = self._logits(net, pair, "p", detach_weights=False) + pair.p_offset
-                logits_t = self._logits(net, pair, "t", detach_weights=False) + pair.t_offset
-                d_loss = d_loss + self.ratio_loss(logits_p, logits_t) / len(pairs)
-            params = [p for p in net.parameters() if p.requires_grad]
-            for p in params:
-                p.grad = None
-            d_loss.backward()
-            self.discriminator_optim(params)
-            for p in params:
-                p.grad = None
-
-    def _check_model_params(self) -> None:
-        """Warn once about model parameters that the last backward pass missed."""
-        self._model_params_checked = True
-        store = pyro.get_param_store()
-        missed = []
-        for name in self._model_param_names:
-            if name not in store:
-                continue
-            param: Any = store[name]
-            grad = param.unconstrained().grad
-            if grad is None or not bool((grad != 0).any()):
-                missed.append(name)
-        if not missed:
-            return
-        if self.model_params == "adversarial":
-            how = (
-                "their simulations are not differentiable in them: declare the simulator "
-                "ImplicitSite(..., reparameterized=True) and keep it in torch"
-            )
-        else:
-            how = (
-                "by default LFVI trains only the guide. Learn them either as global latents "
-                "with a point-mass guide (pyro.sample with a prior, and AutoDelta: "
-                "variational EM), or adversarially with LFVI(model_params='adversarial') "
-                "if the simulator is differentiable"
-            )
-        warnings.warn(
-            f"Model parameters {missed} receive no gradient from LFVI, so they stay where "
-            f"they were initialised: {how}.",
-            LFVIWarning,
-            stacklevel=4,
-        )
 
     def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
         """
