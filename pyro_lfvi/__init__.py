@@ -6,6 +6,7 @@ from .discriminator import MLPDiscriminator
 from .elbo import LFVI
 from .implicit import ImplicitDensityError, ImplicitSite, SimulatorError
 from .inference_data import to_inference_data
+from .networks import NoiseNetwork
 from .ratio_losses import hinge_loss, log_loss
 from .training import fit, plot_history
 from .validation import DiscriminatorError, ModelStructureError
@@ -20,6 +21,7 @@ __all__ = [
     "LFVIWarning",
     "MLPDiscriminator",
     "ModelStructureError",
+    "NoiseNetwork",
     "SimulatorError",
     "TrainingMonitor",
     "fit",
