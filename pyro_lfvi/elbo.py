@@ -17,8 +17,9 @@ from torch import nn
 from .controls import TrainingControls
 from .diagnostics import TrainingMonitor, discriminator_accuracy
 from .estimator import frozen_weights
-from .pairing import PairedJoints, pair_joints, plate_nesting, point_log_prob, trace_guide
+from .pairing import PairedJoints, pair_joints, point_log_prob
 from .ratio_losses import RatioLoss, log_loss, resolve_ratio_loss
+from .roles import plate_nesting, trace_guide
 from .validation import (
     check_nonnegative_int,
     check_positive_int,

@@ -12,7 +12,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from .implicit import name_implicit_sites
-from .pairing import classify_sites, plate_nesting
+from .roles import classify_sites, plate_nesting
 from .validation import check_positive_int
 
 __all__ = ["to_inference_data"]

@@ -15,8 +15,6 @@ Every observed and local value is then flattened to one row per data point,
 
 from __future__ import annotations
 
-import re
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -28,7 +26,15 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
 from .global_ratio import PriorContrast, prior_contrast
-from .implicit import ImplicitDensityError, ImplicitSite, name_implicit_sites
+from .implicit import ImplicitSite, name_implicit_sites
+from .roles import (
+    SiteRoles,
+    check_globals,
+    classify_sites,
+    frame_names,
+    sample_sites,
+    trace_guide,
+)
 from .validation import ModelStructureError
 
 PRIOR_DRAWS = 64
@@ -36,24 +42,11 @@ PRIOR_DRAWS = 64
 
 __all__ = [
     "PairedJoints",
-    "SiteRoles",
-    "classify_sites",
     "gaussian_contrast",
-    "plate_nesting",
+    "pair_joints",
     "point_log_prob",
+    "widen_globals",
 ]
-
-
-@dataclass
-class SiteRoles:
-    """Which model sites are observed, local and global, and the data plate."""
-
-    observed: list[str]
-    local: list[str]
-    global_: list[str]
-    data_plate: str | None
-    num_points: int
-    full_size: int
 
 
 @dataclass
@@ -97,101 +90,6 @@ class PairedJoints:
     num_particles: int
     model_params: list[str]
     prior_contrasts: dict[str, PriorContrast]
-
-
-def _sample_sites(trace: Any) -> OrderedDict[str, Any]:
-    return OrderedDict(
-        (name, site)
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and not site_is_subsample(site)
-    )
-
-
-def plate_nesting(*traces: Any) -> int:
-    """The deepest plate nesting (``-dim`` of the leftmost plate) in the traces."""
-    dims = [
-        -int(f.dim or 0)
-        for trace in traces
-        for site in trace.nodes.values()
-        if site["type"] == "sample"
-        for f in site["cond_indep_stack"]
-    ]
-    return max([*dims, 0])
-
-
-def _frame_names(site: Any, skip: str | None) -> list[str]:
-    return [f.name for f in site["cond_indep_stack"] if f.name != skip]
-
-
-def classify_sites(model_trace: Any, guide_trace: Any, particle_plate: str | None) -> SiteRoles:
-    """
-    Split the model's sample sites into observed, local and global ones.
-
-    The data plate is the outermost plate shared by every observed site; a
-    latent inside it is local (plates nested in it belong to one data point),
-    every other latent is global.
-
-    :raises ModelStructureError: if the model has no observed site, or the
-        guide lacks one of the model's latent sites.
-    """
-    sites = _sample_sites(model_trace)
-    observed = [name for name, site in sites.items() if site["is_observed"]]
-    if not observed:
-        raise ModelStructureError(
-            "Expected at least one observed site in the model, actual none. LFVI "
-            "compares simulated with observed data: pass obs= to the likelihood's "
-            "pyro.sample (e.g. pyro.sample('x', ImplicitSite(sim, theta), obs=x))"
-        )
-    guide_sites = _sample_sites(guide_trace)
-    for name, site in sites.items():
-        if not site["is_observed"] and name not in guide_sites:
-            raise ModelStructureError(
-                f"Expected the guide to sample every latent site of the model, but "
-                f"it lacks '{name}'. Add pyro.sample('{name}', ...) to the guide "
-                f"(for a local latent, inside the same plate), or use an autoguide"
-            )
-    shared = _frame_names(sites[observed[0]], particle_plate)
-    for name in observed[1:]:
-        names = set(_frame_names(sites[name], particle_plate))
-        shared = [f for f in shared if f in names]
-    data_plate = shared[0] if shared else None
-    local: list[str] = []
-    global_: list[str] = []
-    for name, site in sites.items():
-        if site["is_observed"]:
-            continue
-        is_local = data_plate is not None and data_plate in _frame_names(site, None)
-        (local if is_local else global_).append(name)
-    num_points, full_size = 1, 1
-    if data_plate is not None:
-        frame = next(f for f in sites[observed[0]]["cond_indep_stack"] if f.name == data_plate)
-        num_points = int(frame.size)
-        full_size = int(frame.full_size if frame.full_size is not None else frame.size)
-    return SiteRoles(observed, local, global_, data_plate, num_points, full_size)
-
-
-def check_globals(model_trace: Any, guide_trace: Any, roles: SiteRoles) -> None:
-    """Globals need an explicit, reparameterised guide (their prior may be implicit)."""
-    where = (
-        f"inside plate '{roles.data_plate}'"
-        if roles.data_plate
-        else "inside the plate that indexes data points"
-    )
-    for name in roles.global_:
-        post = guide_trace.nodes[name]["fn"]
-        if isinstance(post, ImplicitSite):
-            raise ModelStructureError(
-                f"Global site '{name}' has an implicit guide (ImplicitSite). LFVI "
-                f"needs log q(beta) for global latents: use an explicit distribution "
-                f"in the guide (e.g. dist.Normal or an autoguide such as AutoNormal), "
-                f"or, if '{name}' is per data point, sample it {where} in model and guide"
-            )
-        if not post.has_rsample:
-            raise ModelStructureError(
-                f"Global site '{name}' has a guide distribution without rsample "
-                f"({type(post).__name__}). LFVI follows reparameterised gradients: "
-                f"use a reparameterisable guide distribution for '{name}'"
-            )
 
 
 def _to_rows(value: torch.Tensor, fn: Any, site: Any, lead: list[str | None]) -> torch.Tensor:
@@ -317,31 +215,6 @@ def _site_log_prob(site: Any) -> torch.Tensor:
     log_p = site["fn"].log_prob(site["value"])
     scale = site["scale"]
     return (log_p * scale).sum()
-
-
-def trace_guide(guide: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Trace the guide, explaining the plate clash typical of AutoGuideList parts."""
-    try:
-        return poutine.trace(guide).get_trace(*args, **kwargs)
-    except ImplicitDensityError as err:
-        raise ModelStructureError(
-            f"The guide evaluated the model's log density, which implicit sites do not "
-            f"have ({err.args[0].split(':')[0]}). Autoguides such as AutoGaussian and "
-            f"AutoStructured do that: use AutoNormal, AutoDiagonalNormal, "
-            f"AutoMultivariateNormal, AutoIAFNormal or AutoDelta for the globals, and "
-            f"AutoGuideList to add a hand-written local guide"
-        ) from err
-    except RuntimeError as err:
-        found = re.match(r"Multiple sample sites named '([^']*)'", str(err))
-        if found is None:
-            raise
-        name = found.group(1)
-        raise ModelStructureError(
-            f"The guide has two sample sites named '{name}'. If '{name}' is a plate: "
-            f"AutoGuideList opens the model's plates itself, so a hand-written part must "
-            f"enter the list's own plate (with guide.plates['{name}'] as idx: ...) "
-            f"instead of opening a new pyro.plate"
-        ) from err
 
 
 def pair_joints(
@@ -490,10 +363,10 @@ def pair_joints(
     # AutoContinuous guides) carry part of log q(beta), as in Trace_ELBO.
     auxiliary = [
         name
-        for name, site in _sample_sites(guide_trace).items()
+        for name, site in sample_sites(guide_trace).items()
         if name not in q_trace.nodes
         and not site["is_observed"]
-        and roles.data_plate not in _frame_names(site, None)
+        and roles.data_plate not in frame_names(site, None)
     ]
     log_q = sum((_site_log_prob(guide_trace.nodes[n]) for n in roles.global_ + auxiliary), zero)
     return PairedJoints(
