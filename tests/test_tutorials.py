@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 TUTORIALS_DIR = Path(__file__).resolve().parent.parent / "tutorials"
-TUTORIALS = ["hierarchical_arviz.py", "simulator_likelihood.py"]
+TUTORIALS = ["hierarchical_arviz.py", "implicit_guides.py", "simulator_likelihood.py"]
 
 
 def test_every_tutorial_is_listed():
