@@ -217,6 +217,41 @@ def _site_log_prob(site: Any) -> torch.Tensor:
     return (log_p * scale).sum()
 
 
+def local_guide_densities(
+    guide_trace: Any, model_trace: Any, names: list[str], contrast_draws: int
+) -> dict[str, Any]:
+    """
+    Densities that stand in for local guide sites whose own ``fn`` cannot be
+    evaluated away from its draw: a Normal fitted to an implicit guide
+    (:func:`gaussian_contrast`), and, for ``AutoNormal``'s point mass on the
+    transformed value of its auxiliary ``<name>_unconstrained`` draw, that
+    draw's Normal pushed through the support's bijection.
+
+    :raises ModelStructureError: for a point-mass local guide without such an
+        auxiliary site (``AutoDelta``, or an ``AutoContinuous`` guide that
+        draws the locals jointly with the globals).
+    """
+    out: dict[str, Any] = {}
+    for name in names:
+        site = guide_trace.nodes[name]
+        if isinstance(site["fn"], ImplicitSite):
+            out[name] = gaussian_contrast(site, contrast_draws)
+        elif isinstance(site["fn"], dist.Delta):
+            aux = guide_trace.nodes.get(f"{name}_unconstrained")
+            if aux is None:
+                raise ModelStructureError(
+                    f"Local site '{name}' has a point-mass guide (Delta), which has no "
+                    f"density for LFVI to compare with the prior; AutoDelta and guides "
+                    f"that draw all latents jointly (AutoDiagonalNormal, "
+                    f"AutoMultivariateNormal, AutoIAFNormal) do this to locals. Guide the "
+                    f"locals with AutoNormal, a hand-written or an implicit guide, and use "
+                    f"AutoGuideList to keep such an autoguide for the globals"
+                )
+            support = model_trace.nodes[name]["fn"].support
+            out[name] = dist.TransformedDistribution(aux["fn"], [biject_to(support)])
+    return out
+
+
 def pair_joints(
     model: Callable[..., Any],
     guide: Callable[..., Any],
@@ -334,14 +369,10 @@ def pair_joints(
     zeros = torch.zeros(q_obs[roles.observed[0]].shape[:2])
     q_off, p_off, t_off = zeros, zeros, zeros
     if explicit:
-        q_dens = {
-            n: gaussian_contrast(guide_trace.nodes[n], contrast_draws) for n in implicit_guides
-        }
+        q_dens = local_guide_densities(guide_trace, q_trace, roles.local, contrast_draws)
         t_dens = q_dens
         if t_trace is not guide_trace:
-            t_dens = {
-                n: gaussian_contrast(t_trace.nodes[n], contrast_draws) for n in implicit_guides
-            }
+            t_dens = local_guide_densities(t_trace, q_trace, roles.local, contrast_draws)
         q_off = zeros + _local_offset(q_trace, guide_trace, q_trace, roles.local, lead, q_dens)
         with torch.set_grad_enabled(model_grad and torch.is_grad_enabled()):
             p_off = zeros + _local_offset(p_trace, t_trace, p_trace, roles.local, lead, t_dens)

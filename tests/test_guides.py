@@ -193,6 +193,35 @@ def test_autoguides_that_need_the_model_density_say_which_guides_work(autoguide)
     assert not list(pyro.get_param_store().keys())
 
 
+def test_autonormal_local_guide_density_is_its_auxiliary_normal():
+    # AutoNormal draws each site as a point mass on the transform of an
+    # auxiliary Normal draw; LFVI must use that Normal as log q(z_n).
+    from pyro_lfvi.pairing import local_guide_densities
+
+    problem = HierarchicalNormal()
+    guide = AutoNormal(problem.model)
+    guide_trace = pyro.poutine.trace(guide).get_trace(problem.data)
+    model_trace = pyro.poutine.trace(
+        pyro.poutine.replay(problem.model, trace=guide_trace)
+    ).get_trace(problem.data)
+    density = local_guide_densities(guide_trace, model_trace, ["theta", "tau"], 16)
+    for name in ("theta", "tau"):
+        aux = guide_trace.nodes[f"{name}_unconstrained"]
+        value = guide_trace.nodes[name]["value"]
+        expected = aux["fn"].log_prob(aux["value"])
+        if name == "tau":  # positive support: minus log |d tau / d u| = -u
+            expected = expected - aux["value"]
+        assert torch.allclose(density[name].log_prob(value), expected, atol=1e-5)
+
+
+def test_point_mass_local_guide_is_refused_with_advice():
+    problem = HierarchicalNormal()
+    guide = AutoDelta(problem.model)
+    with pytest.raises(ModelStructureError, match="Local site 'theta' has a point-mass guide"):
+        LFVI().loss(problem.model, guide, problem.data)
+    assert not list(pyro.get_param_store().keys())
+
+
 def adversarial_problem(reparameterized):
     data = 2.0 + 0.7 * torch.randn(1000)
 
