@@ -160,7 +160,8 @@ def widen_globals(
         if point_spread > 0:
             tol = 1e-6 * (1.0 + centre.abs())
             point = ((u - centre).abs() <= tol).all(axis, keepdim=True)
-            spread = torch.where(point, point_spread * torch.randn_like(u), spread)
+            if bool(point.any()):  # draw only then: other guides keep their random stream
+                spread = torch.where(point, point_spread * torch.randn_like(u), spread)
         out[name] = transform(centre + spread)
     return out
 
