@@ -102,10 +102,11 @@ class HierarchicalNormal:
     noise_network: NoiseNetwork = field(init=False)
 
     def __post_init__(self) -> None:
-        self.noise_network = NoiseNetwork(inputs=0, noise_dim=2, hidden=16, location_scale=True)
         self.true_theta = self.true_mu + self.true_tau * torch.randn(self.num_groups)
         eps = torch.randn(self.num_groups, self.num_obs)
         self.data = self.true_theta.unsqueeze(-1) + self.noise * eps
+        # After the data, so that a seed gives the same data as without it.
+        self.noise_network = NoiseNetwork(inputs=0, noise_dim=2, hidden=16, location_scale=True)
 
     def simulate(self, theta: torch.Tensor) -> torch.Tensor:
         """The simulator: ``num_obs`` noisy draws around each group mean."""
