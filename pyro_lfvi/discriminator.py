@@ -14,12 +14,15 @@ data points in the minibatch, ``d`` the flattened size of one data point's value
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["MLPDiscriminator", "concat_features"]
+__all__ = ["MLPDiscriminator", "Summary", "concat_features"]
+
+Summary = Callable[[Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]]
+"""Summary statistics of the observed rows: ``{name: (P, M, d)} -> {name: (P, M, k)}``."""
 
 
 def concat_features(
@@ -45,10 +48,14 @@ class MLPDiscriminator(nn.Module):
     as narrow as the posterior; it is stored as parameters (never trained) so
     that it is saved and restored with Pyro's param store.
 
-    :param int input_size: number of features per data point.
+    :param int input_size: number of features per data point (after
+        ``summary``).
     :param hidden_sizes: widths of the hidden layers.
     :type hidden_sizes: sequence of int
     :param activation: activation module class (default :class:`torch.nn.ELU`).
+    :param callable summary: optional summary statistics of the observed
+        sites, ``summary(observed) -> observed`` on dicts of ``(P, M, d)``
+        rows, applied before the network sees them (see :class:`~pyro_lfvi.LFVI`).
     """
 
     def __init__(
@@ -56,8 +63,10 @@ class MLPDiscriminator(nn.Module):
         input_size: int,
         hidden_sizes: Sequence[int] = (64, 64),
         activation: type[nn.Module] = nn.ELU,
+        summary: Summary | None = None,
     ) -> None:
         super().__init__()
+        self.summary = summary
         if input_size < 1:
             raise ValueError(f"Expected input_size >= 1, actual {input_size}")
         layers: list[nn.Module] = []
@@ -87,6 +96,8 @@ class MLPDiscriminator(nn.Module):
         local: Mapping[str, torch.Tensor],
         global_: Mapping[str, torch.Tensor],
     ) -> torch.Tensor:
+        if self.summary is not None:
+            observed = self.summary(observed)
         feats = concat_features(observed, local, global_)
         loc, scale = self.standardization.detach()
         feats = (feats - loc) / scale

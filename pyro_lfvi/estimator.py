@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import pyro
 import torch
 from pyro.params import module_from_param_with_module_name
 from torch import nn
 
-from .discriminator import MLPDiscriminator, concat_features
+from .discriminator import MLPDiscriminator, Summary, concat_features
 from .global_ratio import PriorShapeClassifier
 from .pairing import PairedJoints
 from .validation import DiscriminatorError
@@ -48,6 +48,7 @@ class RatioEstimation:
     hidden_sizes: tuple[int, ...]
     prior_classifiers: dict[str, nn.Module]
     self_normalize: bool
+    summary: Summary | None
 
     def _inputs(self, pair: PairedJoints, side: str) -> tuple[dict[str, torch.Tensor], ...]:
         """Discriminator inputs: ``"q"`` for the ELBO, ``"p"``/``"t"`` for training."""
@@ -60,11 +61,43 @@ class RatioEstimation:
     def _build(self, pair: PairedJoints) -> nn.Module:
         # Standardise on the first batch of both sides: the data with the
         # guide's own draws, and the model's simulations.
-        feats_q = concat_features(*self._inputs(pair, "q")).detach()
-        feats_p = concat_features(*self._inputs(pair, "p")).detach()
-        net = MLPDiscriminator(feats_q.shape[-1], self.hidden_sizes)
+        def features(side: str) -> torch.Tensor:
+            observed, local, global_ = self._inputs(pair, side)
+            rows: Mapping[str, torch.Tensor] = observed
+            if self.summary is not None:
+                rows = self._summarize(observed)
+            return concat_features(rows, local, global_).detach()
+
+        feats_q, feats_p = features("q"), features("p")
+        net = MLPDiscriminator(feats_q.shape[-1], self.hidden_sizes, summary=self.summary)
         net.fit_standardization(feats_q, feats_p)
         return net
+
+    def _summarize(self, observed: dict[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        """Apply ``summary``, checking what it returns (once, at the first step)."""
+        assert self.summary is not None
+        try:
+            out = self.summary(observed)
+        except Exception as err:
+            raise DiscriminatorError(
+                f"The summary function raised {type(err).__name__}: {err}. It receives a "
+                f"dict of observed rows of shape (particles, points, features) and must "
+                f"return a dict of tensors of shape (particles, points, k)"
+            ) from err
+        lead = next(iter(observed.values())).shape[:-1]
+        if not isinstance(out, Mapping) or not out:
+            raise DiscriminatorError(
+                f"Expected summary to return a non-empty dict of tensors, actual "
+                f"{type(out).__name__}"
+            )
+        for name, value in out.items():
+            if not isinstance(value, torch.Tensor) or value.dim() != 3 or value.shape[:-1] != lead:
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else value
+                raise DiscriminatorError(
+                    f"Expected summary['{name}'] to have shape {(*lead, 'k')} (particles, "
+                    f"points, k), actual {shape}"
+                )
+        return out
 
     def _logits(
         self,

@@ -9,6 +9,7 @@ They serve the demo, the tests and the benchmarks.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pyro
@@ -119,6 +120,11 @@ class HierarchicalNormal:
             theta = pyro.sample("theta", dist.Normal(mu, tau))
             site = ImplicitSite(self.simulate, theta, event_shape=(self.num_obs,))
             pyro.sample("y", site, obs=data[idx])
+
+    @staticmethod
+    def summary(observed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each group's mean, a sufficient statistic (``LFVI(summary=...)``)."""
+        return {"y": observed["y"].mean(-1, keepdim=True)}
 
     def _guide_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample the globals; return the per-group location and scale params."""

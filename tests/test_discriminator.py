@@ -1,10 +1,12 @@
 """The ratio estimator recovers known log density ratios."""
 
+import pyro
 import pytest
 import torch
 import torch.distributions as td
 
-from pyro_lfvi import MLPDiscriminator, hinge_loss, log_loss
+from pyro_lfvi import LFVI, DiscriminatorError, MLPDiscriminator, hinge_loss, log_loss
+from pyro_lfvi.examples import ConjugateNormal
 
 
 def fit(net, sample_p, sample_q, loss_fn, steps=1500):
@@ -59,3 +61,44 @@ def test_globals_are_broadcast_over_points_and_inputs_standardised():
     )
     with pytest.raises(ValueError, match="Expected input_size >= 1, actual 0"):
         MLPDiscriminator(0)
+
+
+def _conjugate_problem():
+    return ConjugateNormal(num_data=40, batch_size=10)
+
+
+def test_summary_feeds_the_default_discriminator_its_statistics():
+    problem = _conjugate_problem()
+    seen = []
+
+    def summary(observed):
+        seen.append(tuple(observed["x"].shape))
+        return {"x": torch.cat([observed["x"], observed["x"] ** 2], -1)}
+
+    elbo = LFVI(summary=summary)
+    pyro.infer.SVI(problem.model, problem.guide, pyro.optim.Adam({"lr": 0.01}), elbo).step(
+        problem.data
+    )
+    assert seen and seen[0] == (8, 10, 1)
+    assert elbo.discriminator is not None
+    assert elbo.discriminator.net[0].in_features == 3  # x, x^2, mu
+
+
+@pytest.mark.parametrize(
+    "summary, match",
+    [
+        (lambda obs: obs["x"], "non-empty dict of tensors"),
+        (lambda obs: {"x": obs["x"][0]}, r"summary\['x'\] to have shape"),
+        (lambda obs: obs["missing"], "summary function raised KeyError"),
+    ],
+)
+def test_bad_summary_is_reported_and_leaves_the_store_alone(summary, match):
+    problem = _conjugate_problem()
+    with pytest.raises(DiscriminatorError, match=match):
+        LFVI(summary=summary).loss(problem.model, problem.guide, problem.data)
+    assert "lfvi_discriminator$$$net.0.weight" not in pyro.get_param_store()
+
+
+def test_summary_with_a_custom_discriminator_is_refused():
+    with pytest.raises(ValueError, match="summary only with the default discriminator"):
+        LFVI(discriminator=MLPDiscriminator(2), summary=lambda obs: obs)
