@@ -141,8 +141,9 @@ class TrainingMonitor:
                 f"from data apart with accuracy {statistics.mean(acc):.3f} over the last "
                 f"{w} steps. Its log ratios are then unreliable and the guide gets little "
                 f"signal. Check that the model can reproduce the data (a prior predictive "
-                f"check), and with few data points in many dimensions give LFVI a "
-                f"discriminator on summary statistics so it cannot memorise the data.",
+                f"check), and with few data points in many dimensions give the "
+                f"discriminator summary statistics, LFVI(summary=...), so it cannot "
+                f"memorise the data.",
             )
         centre, spread = self._centre[-w:], self._spread[-w:]
         if centre[0] and spread[0] and abs(statistics.mean(acc) - 0.5) < self.chance_band:
