@@ -1,7 +1,139 @@
 """Posterior accuracy of each guide family against exact posteriors.
 
-RESULTS_PLACEHOLDER
-"""
+Fits the three example models of :mod:`pyro_lfvi.examples` with each guide
+family, using ``pyro.infer.SVI`` with ``LFVI()`` defaults and
+``pyro.optim.ClippedAdam({"lr": lr, "lrd": (final_lr / lr) ** (1 / steps)})``,
+and compares the fitted posterior with the exact one. Before each run:
+``pyro.clear_param_store()`` and ``pyro.set_rng_seed(seed)``, then the problem
+is built; ``torch.set_num_threads(1)``.
+
+* ``conjugate``: ``ConjugateNormal()``, 6000 steps, lr 0.01 -> 0.0002. Site
+  ``mu``: mean error in exact posterior sds and sd ratio, from 4000 guide draws
+  (``to_inference_data``, 4 chains x 1000, pooled). Guides: the hand-written
+  Normal (``normal``), ``AutoNormal``, ``AutoDiagonalNormal``,
+  ``AutoMultivariateNormal`` (these three with ``init_to_mean``),
+  ``AutoIAFNormal(hidden_dim=[8], num_transforms=1)`` and ``AutoDelta`` from
+  ``init_to_value(mu=0)`` (variational EM: error of the point from the exact
+  MAP, here the exact posterior mean, in exact sds; no sd ratio).
+* ``hierarchical``: ``HierarchicalNormal()``, 5000 steps, lr 0.02 -> 0.001.
+  ``standardized_errors`` on ``mu`` and ``log_tau`` (mean error in exact sds,
+  sd ratio) and ``theta`` (RMSE of the 40 standardized mean errors, mean sd
+  ratio), the fitted moments from ``to_inference_data(..., num_samples=1000)``
+  (4000 pooled draws; every group swept; ``log_tau`` = log of the ``tau``
+  draws). Guides: ``normal`` (``problem.guide``), ``implicit``
+  (``problem.implicit_guide``: per-group loc/scale times a noise network),
+  ``amortised`` (globals as in ``problem.guide``; ``theta_j`` from
+  ``NoiseNetwork(inputs=3)`` fed with ``ybar_j``, ``mu`` and ``log tau``),
+  ``AutoGuideList`` (``AutoNormal`` with ``init_to_mean`` for ``mu, tau`` plus
+  the per-group implicit local guide inside ``guide.plates["groups"]``) and
+  ``AutoNormal`` (``init_to_mean``) for every latent.
+* ``bimodal``: ``BimodalLocals()``, 3000 steps, lr 0.01 -> 0.0005. ``log_tau``
+  mean error in exact sds and sd ratio (the guide's ``LogNormal(tau_loc,
+  tau_scale)`` is Normal in log space), and ``W1``: the 1-Wasserstein distance
+  of 4000 guide draws from each exact local posterior, averaged over the 100
+  points (``problem.local_wasserstein``). Guides: ``normal``
+  (``problem.guide``) and ``implicit`` (``problem.implicit_guide``).
+
+``time`` is the training wall time (drawing and scoring excluded). Warnings
+raised during a run are printed under its rows (first line of each distinct
+message); the ``LFVIWarning`` column says whether one fired. A run that raises
+is reported as crashed and the others go on.
+
+    python benchmarks/guides.py                                   # everything, seeds 0 1
+    python benchmarks/guides.py --models conjugate --guides AutoDelta --seeds 0
+    python benchmarks/guides.py --steps-scale 0.02                # quick smoke run
+
+Results, measured at commit 8be978b (behaviour of the default path unchanged
+since), 2-core machine with the other core busy, no crashes:
+``python benchmarks/guides.py`` (seeds 0 1) and
+``python benchmarks/guides.py --models hierarchical-summary --guides normal implicit amortised``.
+The last column says whether an ``LFVIWarning`` fired; every one that did was
+the saturated-discriminator warning (8 of the 10 raw-data hierarchical runs,
+none elsewhere). ``AutoIAFNormal`` also raised Pyro's ``UserWarning`` about
+``input_dim = 1``.
+
+    model                guide                   seed  site     mean err (sd)  sd ratio      W1    time  LFVIWarning
+    conjugate            normal                     0  mu               0.101     1.016             40s  no
+    conjugate            normal                     1  mu               0.093     1.042             40s  no
+    conjugate            AutoNormal                 0  mu              -0.027     0.975             38s  no
+    conjugate            AutoNormal                 1  mu               0.146     0.997             37s  no
+    conjugate            AutoDiagonalNormal         0  mu              -0.027     0.975             40s  no
+    conjugate            AutoDiagonalNormal         1  mu               0.146     0.997             44s  no
+    conjugate            AutoMultivariateNormal     0  mu              -0.027     0.975             42s  no
+    conjugate            AutoMultivariateNormal     1  mu               0.146     0.997             44s  no
+    conjugate            AutoIAFNormal              0  mu               0.111     0.972             49s  no
+    conjugate            AutoIAFNormal              1  mu              -0.525     1.043             47s  no
+    conjugate            AutoDelta                  0  mu               0.207       n/a             42s  no
+    conjugate            AutoDelta                  1  mu              -0.049       n/a             36s  no
+    hierarchical         normal                     0  mu               0.046     1.043             53s  yes
+    hierarchical         normal                     0  log_tau          1.081     0.813             53s  yes
+    hierarchical         normal                     0  theta            0.433     1.411             53s  yes
+    hierarchical         normal                     1  mu              -0.188     0.982             55s  yes
+    hierarchical         normal                     1  log_tau          0.562     0.851             55s  yes
+    hierarchical         normal                     1  theta            0.234     1.373             55s  yes
+    hierarchical         implicit                   0  mu               0.828     1.163             77s  yes
+    hierarchical         implicit                   0  log_tau          2.158     0.808             77s  yes
+    hierarchical         implicit                   0  theta            0.528     2.250             77s  yes
+    hierarchical         implicit                   1  mu              -0.282     0.940             73s  no
+    hierarchical         implicit                   1  log_tau          0.489     0.846             73s  no
+    hierarchical         implicit                   1  theta            0.124     1.331             73s  no
+    hierarchical         amortised                  0  mu               0.122     1.211             70s  no
+    hierarchical         amortised                  0  log_tau          1.333     1.232             70s  no
+    hierarchical         amortised                  0  theta            0.438     1.618             70s  no
+    hierarchical         amortised                  1  mu              -0.880     1.414             59s  yes
+    hierarchical         amortised                  1  log_tau          2.275     1.146             59s  yes
+    hierarchical         amortised                  1  theta            0.854     2.180             59s  yes
+    hierarchical         AutoGuideList              0  mu              -0.143     1.102             76s  yes
+    hierarchical         AutoGuideList              0  log_tau          1.686     0.807             76s  yes
+    hierarchical         AutoGuideList              0  theta            0.665     1.434             76s  yes
+    hierarchical         AutoGuideList              1  mu              -1.471     1.035             80s  yes
+    hierarchical         AutoGuideList              1  log_tau          1.177     0.868             80s  yes
+    hierarchical         AutoGuideList              1  theta            0.762     1.473             80s  yes
+    hierarchical         AutoNormal                 0  mu              -1.606     1.101             81s  yes
+    hierarchical         AutoNormal                 0  log_tau          2.389     0.796             81s  yes
+    hierarchical         AutoNormal                 0  theta            0.883     1.652             81s  yes
+    hierarchical         AutoNormal                 1  mu              -0.732     1.152             62s  yes
+    hierarchical         AutoNormal                 1  log_tau          1.810     0.859             62s  yes
+    hierarchical         AutoNormal                 1  theta            0.786     1.592             62s  yes
+    bimodal              normal                     0  log_tau         -0.551     1.006   0.505     68s  no
+    bimodal              normal                     1  log_tau         -0.956     0.911   0.473     72s  no
+    bimodal              implicit                   0  log_tau         -0.296     0.865   0.158    113s  no
+    bimodal              implicit                   1  log_tau         -1.167     0.837   0.189    101s  no
+    hier.-summary       normal                     0  mu              -0.046     0.987             69s  no
+    hier.-summary       normal                     0  log_tau          0.567     0.805             69s  no
+    hier.-summary       normal                     0  theta            0.126     1.202             69s  no
+    hier.-summary       normal                     1  mu              -0.054     0.923             61s  no
+    hier.-summary       normal                     1  log_tau          0.209     0.865             61s  no
+    hier.-summary       normal                     1  theta            0.109     1.182             61s  no
+    hier.-summary       implicit                   0  mu               0.126     0.979             62s  no
+    hier.-summary       implicit                   0  log_tau          0.710     0.806             62s  no
+    hier.-summary       implicit                   0  theta            0.131     1.205             62s  no
+    hier.-summary       implicit                   1  mu              -0.041     0.934             69s  no
+    hier.-summary       implicit                   1  log_tau          0.423     0.843             69s  no
+    hier.-summary       implicit                   1  theta            0.132     1.341             69s  no
+    hier.-summary       amortised                  0  mu              -0.028     1.050             65s  no
+    hier.-summary       amortised                  0  log_tau          0.824     1.045             65s  no
+    hier.-summary       amortised                  0  theta            0.213     1.323             65s  no
+    hier.-summary       amortised                  1  mu               0.041     1.007             66s  no
+    hier.-summary       amortised                  1  log_tau          0.399     1.023             66s  no
+    hier.-summary       amortised                  1  theta            0.070     1.235             66s  no
+
+Conclusions:
+
+* Conjugate model: every family lands within 0.53 exact sds of the exact
+  mean (sd ratio 0.97-1.04); AutoDelta (variational EM) within 0.21 sds of
+  the MAP.
+* Hierarchical model, raw-data discriminator: the discriminator saturates
+  (warned) in 8 of 10 runs; log tau is biased upwards by 0.49-2.4 sds and
+  local sds are 1.3-2.3x too wide, worst for the implicit guides on seed 0
+  and for AutoNormal on all latents.
+* The same with ``summary=problem.summary`` (each group's mean, sufficient):
+  no warning; Normal, per-group implicit and amortised implicit local guides
+  all reach local RMSE 0.07-0.21 sds, log tau 0.21-0.82 sds, mu within 0.13.
+* Bimodal locals: the implicit guide's mean 1-Wasserstein distance to the
+  exact local posteriors is 0.158 / 0.189 against 0.505 / 0.473 for the
+  Normal guide (seeds 0 / 1).
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -11,6 +143,7 @@ import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -50,10 +183,18 @@ class Result:
     messages: list[str] = field(default_factory=list)
 
 
-def fit(model: Guide, guide: Guide, data: torch.Tensor, steps: int, lr: float, final_lr: float):
+def fit(
+    model: Guide,
+    guide: Guide,
+    data: torch.Tensor,
+    steps: int,
+    lr: float,
+    final_lr: float,
+    summary: Callable[..., Any] | None = None,
+):
     """SVI with LFVI() defaults and a ClippedAdam decaying from ``lr`` to ``final_lr``."""
     optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": (final_lr / lr) ** (1 / steps)})
-    svi = pyro.infer.SVI(model, guide, optim, LFVI())
+    svi = pyro.infer.SVI(model, guide, optim, LFVI(summary=summary))
     for _ in range(steps):
         svi.step(data)
 
@@ -168,14 +309,15 @@ def hierarchical_guides(problem: HierarchicalNormal) -> dict[str, Callable[[], G
 HIERARCHICAL_GUIDES = ["normal", "implicit", "amortised", "AutoGuideList", "AutoNormal"]
 
 
-def run_hierarchical(guide_name: str, seed: int, scale: float) -> Result:
+def run_hierarchical(guide_name: str, seed: int, scale: float, summary: bool = False) -> Result:
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     problem = HierarchicalNormal()
     guide = hierarchical_guides(problem)[guide_name]()
     steps = max(1, round(5000 * scale))
     start = time.perf_counter()
-    fit(problem.model, guide, problem.data, steps, 0.02, 0.001)
+    stats = problem.summary if summary else None
+    fit(problem.model, guide, problem.data, steps, 0.02, 0.001, stats)
     seconds = time.perf_counter() - start
     draws = posterior_draws(problem.model, guide, problem.data)
     fitted = {
@@ -213,6 +355,11 @@ def run_bimodal(guide_name: str, seed: int, scale: float) -> Result:
 MODELS: dict[str, tuple[list[str], Callable[[str, int, float], Result]]] = {
     "conjugate": (CONJUGATE_GUIDES, run_conjugate),
     "hierarchical": (HIERARCHICAL_GUIDES, run_hierarchical),
+    # The same, the discriminator on each group's mean: LFVI(summary=problem.summary).
+    "hierarchical-summary": (
+        HIERARCHICAL_GUIDES,
+        lambda name, seed, scale: run_hierarchical(name, seed, scale, summary=True),
+    ),
     "bimodal": (BIMODAL_GUIDES, run_bimodal),
 }
 
@@ -228,7 +375,12 @@ def run(model: str, guide_name: str, seed: int, scale: float) -> Result:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["conjugate", "hierarchical", "bimodal"],
+        choices=list(MODELS),
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--steps-scale", type=float, default=1.0)
     parser.add_argument("--guides", nargs="+", default=None, help="guide names to run")
@@ -236,7 +388,7 @@ def main() -> None:
     torch.set_num_threads(1)
     wanted = {g.lower() for g in args.guides} if args.guides else None
     print(
-        f"{'model':<13}{'guide':<24}{'seed':>4}  {'site':<8}{'mean err (sd)':>14}"
+        f"{'model':<21}{'guide':<24}{'seed':>4}  {'site':<8}{'mean err (sd)':>14}"
         f"{'sd ratio':>10}{'W1':>8}{'time':>8}  LFVIWarning",
         flush=True,
     )
@@ -250,7 +402,7 @@ def main() -> None:
                 except Exception as exc:
                     first = str(exc).splitlines()[0] if str(exc) else ""
                     print(
-                        f"{model:<13}{guide_name:<24}{seed:>4}  CRASHED: "
+                        f"{model:<21}{guide_name:<24}{seed:>4}  CRASHED: "
                         f"{type(exc).__name__}: {first}",
                         flush=True,
                     )
@@ -261,7 +413,7 @@ def main() -> None:
                     ratio_s = "n/a" if ratio is None else f"{ratio:.3f}"
                     w1 = "" if result.wasserstein is None else f"{result.wasserstein:.3f}"
                     print(
-                        f"{model:<13}{guide_name:<24}{seed:>4}  {site:<8}{err:>14.3f}"
+                        f"{model:<21}{guide_name:<24}{seed:>4}  {site:<8}{err:>14.3f}"
                         f"{ratio_s:>10}{w1:>8}{result.seconds:>7.0f}s  "
                         f"{'yes' if fired else 'no'}",
                         flush=True,
