@@ -284,13 +284,7 @@ def autoguidelist_guide(problem: HierarchicalNormal) -> Guide:
     )
 
     def local_guide(data: torch.Tensor) -> None:
-        th_loc = pyro.param("theta_loc", torch.zeros(problem.num_groups))
-        th_scale = pyro.param(
-            "theta_scale", torch.ones(problem.num_groups), constraint=constraints.positive
-        )
-        net = pyro.module("theta_noise", problem.noise_network)
-        with guide.plates["groups"] as i:
-            pyro.sample("theta", ImplicitSite(net, th_loc[i], th_scale[i], reparameterized=True))
+        problem.implicit_locals(guide.plates["groups"])
 
     guide.append(local_guide)
     return guide

@@ -152,10 +152,30 @@ class HierarchicalNormal:
         two-dimensional noise: an implicit guide with no density.
         """
         th_loc, th_scale = self._guide_params()
+        groups = pyro.plate("groups", self.num_groups, subsample_size=self.batch_size)
+        self.implicit_locals(groups, th_loc, th_scale)
+
+    def implicit_locals(
+        self,
+        groups: pyro.plate,
+        loc: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+    ) -> None:
+        """
+        The local part of :meth:`implicit_guide` inside the plate ``groups``
+        (e.g. an ``AutoGuideList``'s own ``guide.plates["groups"]``), with
+        its ``loc`` and ``scale`` params registered here if not given.
+        """
+        if loc is None or scale is None:
+            loc = pyro.param("theta_loc", torch.zeros(self.num_groups))
+            scale = pyro.param(
+                "theta_scale", torch.ones(self.num_groups), constraint=constraints.positive
+            )
         noise_net = pyro.module("theta_noise", self.noise_network)
-        with pyro.plate("groups", self.num_groups, subsample_size=self.batch_size) as idx:
-            site = ImplicitSite(noise_net, th_loc[idx], th_scale[idx], reparameterized=True)
-            pyro.sample("theta", site)
+        with groups as idx:
+            pyro.sample(
+                "theta", ImplicitSite(noise_net, loc[idx], scale[idx], reparameterized=True)
+            )
 
     def exact(self, grid: int = 601) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Exact posterior means and sds of ``mu``, ``log_tau`` and ``theta``."""

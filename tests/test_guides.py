@@ -147,14 +147,8 @@ def test_autoguidelist_combines_an_autoguide_for_globals_with_an_implicit_local_
     problem = HierarchicalNormal()
 
     def local_guide(data):
-        th_loc = pyro.param("theta_loc", torch.zeros(problem.num_groups))
-        th_scale = pyro.param(
-            "theta_scale", torch.ones(problem.num_groups), constraint=constraints.positive
-        )
-        net = pyro.module("theta_noise", problem.noise_network)
         # AutoGuideList has already opened the model's plates: enter its own.
-        with guide.plates["groups"] as i:
-            pyro.sample("theta", ImplicitSite(net, th_loc[i], th_scale[i], reparameterized=True))
+        problem.implicit_locals(guide.plates["groups"])
 
     guide = AutoGuideList(problem.model)
     guide.append(AutoNormal(pyro.poutine.block(problem.model, expose=["mu", "tau"])))
