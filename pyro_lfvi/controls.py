@@ -62,8 +62,7 @@ class TrainingControls(RatioEstimation):
             net = self._discriminator(pairs[0])
             d_loss = torch.zeros(())
             for pair in pairs:
-                logits_p = self._logits(net, pair, "p", detach_weights=False) + pair.p_offset
-                logits_t = self._logits(net, pair, "t", detach_weights=False) + pair.t_offset
+                logits_p, logits_t = self._training_logits(net, pair)
                 d_loss = d_loss + self.ratio_loss(logits_p, logits_t) / len(pairs)
             params = [p for p in net.parameters() if p.requires_grad]
             for p in params:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-__all__ = ["MLPDiscriminator", "Summary", "concat_features"]
+__all__ = ["MLPDiscriminator", "Summary", "concat_features", "mlp"]
 
 Summary = Callable[[Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]]
 """Summary statistics of the observed rows: ``{name: (P, M, d)} -> {name: (P, M, k)}``."""
@@ -36,6 +36,19 @@ def concat_features(
     for value in global_.values():
         rows.append(value.unsqueeze(-2).expand(lead + value.shape[-1:]))
     return torch.cat(rows, dim=-1)
+
+
+def mlp(
+    input_size: int, hidden_sizes: Sequence[int], activation: type[nn.Module] = nn.ELU
+) -> nn.Sequential:
+    """A multilayer perceptron from ``input_size`` features to one output."""
+    layers: list[nn.Module] = []
+    size = input_size
+    for width in hidden_sizes:
+        layers += [nn.Linear(size, int(width)), activation()]
+        size = int(width)
+    layers.append(nn.Linear(size, 1))
+    return nn.Sequential(*layers)
 
 
 class MLPDiscriminator(nn.Module):
@@ -69,13 +82,7 @@ class MLPDiscriminator(nn.Module):
         self.summary = summary
         if input_size < 1:
             raise ValueError(f"Expected input_size >= 1, actual {input_size}")
-        layers: list[nn.Module] = []
-        size = input_size
-        for width in hidden_sizes:
-            layers += [nn.Linear(size, int(width)), activation()]
-            size = int(width)
-        layers.append(nn.Linear(size, 1))
-        self.net = nn.Sequential(*layers)
+        self.net = mlp(input_size, hidden_sizes, activation)
         # Row 0: location, row 1: scale. A parameter (never trained: it is
         # detached in forward) so that Pyro's param store saves it.
         self.standardization = nn.Parameter(

@@ -431,8 +431,7 @@ class LFVI(TrainingControls, ELBO):
         prior_loss = torch.zeros(())
         stats = {"discriminator_accuracy": 0.0, "mean_logit_p": 0.0, "mean_logit_q": 0.0}
         for pair in pairs:
-            logits_p = self._logits(net, pair, "p", detach_weights=False) + pair.p_offset
-            logits_t = self._logits(net, pair, "t", detach_weights=False) + pair.t_offset
+            logits_p, logits_t = self._training_logits(net, pair)
             d_loss = d_loss + self.ratio_loss(logits_p, logits_t) / len(pairs)
             log_ratio = self._log_ratio(net, pair)
             scale = pair.scale.expand(log_ratio.shape)

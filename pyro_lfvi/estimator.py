@@ -131,6 +131,14 @@ class RatioEstimation:
             )
         return out
 
+    def _training_logits(
+        self, net: nn.Module, pair: PairedJoints
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scoring rule's inputs: logits on simulations and on data, offsets added."""
+        logits_p = self._logits(net, pair, "p", detach_weights=False) + pair.p_offset
+        logits_t = self._logits(net, pair, "t", detach_weights=False) + pair.t_offset
+        return logits_p, logits_t
+
     def _discriminator(self, pair: PairedJoints) -> nn.Module:
         stored = any(
             module_from_param_with_module_name(k) == self.discriminator_name

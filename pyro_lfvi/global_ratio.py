@@ -37,7 +37,9 @@ import torch
 from torch import nn
 from torch.distributions import biject_to
 
-__all__ = ["PriorContrast", "PriorShapeClassifier", "prior_contrast"]
+from .discriminator import mlp
+
+__all__ = ["PriorContrast", "PriorShapeClassifier", "fit_moments", "prior_contrast"]
 
 
 @dataclass
@@ -56,6 +58,12 @@ class PriorContrast:
     reference: torch.Tensor
 
 
+def fit_moments(draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and sd over the leading dim of ``draws``, the sd kept positive."""
+    loc = draws.mean(0)
+    return loc, draws.std(0).clamp_min(1e-6 * (1.0 + loc.abs()))
+
+
 def prior_contrast(site: Any, num_draws: int) -> PriorContrast:
     """
     Fit the Normal reference to fresh draws of an implicit prior site (whose
@@ -70,8 +78,7 @@ def prior_contrast(site: Any, num_draws: int) -> PriorContrast:
     transform = biject_to(fn.support)
     with torch.no_grad():
         draws = transform.inv(fn.sample(torch.Size([num_draws])))
-        loc = draws.mean(0)
-        scale = draws.std(0).clamp_min(1e-6 * (1.0 + loc.abs()))
+        loc, scale = fit_moments(draws)
     u = transform.inv(value)
     normal = torch.distributions.Normal(loc, scale)
     log_det = transform.log_abs_det_jacobian(u, value)
@@ -95,13 +102,7 @@ class PriorShapeClassifier(nn.Module):
 
     def __init__(self, size: int, hidden: int = 32) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(size, hidden),
-            nn.ELU(),
-            nn.Linear(hidden, hidden),
-            nn.ELU(),
-            nn.Linear(hidden, 1),
-        )
+        self.net = mlp(size, (hidden, hidden))
 
     def forward(self, whitened: torch.Tensor) -> torch.Tensor:
         return self.net(whitened).squeeze(-1)

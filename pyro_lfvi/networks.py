@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .discriminator import mlp
+
 __all__ = ["NoiseNetwork"]
 
 
@@ -40,13 +42,7 @@ class NoiseNetwork(nn.Module):
         super().__init__()
         self.noise_dim = noise_dim
         self.location_scale = location_scale
-        self.net = nn.Sequential(
-            nn.Linear(inputs + noise_dim, hidden),
-            nn.ELU(),
-            nn.Linear(hidden, hidden),
-            nn.ELU(),
-            nn.Linear(hidden, 1),
-        )
+        self.net = mlp(inputs + noise_dim, (hidden, hidden))
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         loc_scale, rest = (inputs[:2], inputs[2:]) if self.location_scale else ((), inputs)

@@ -25,7 +25,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
-from .global_ratio import PriorContrast, prior_contrast
+from .global_ratio import PriorContrast, fit_moments, prior_contrast
 from .implicit import ImplicitSite, name_implicit_sites
 from .roles import (
     SiteRoles,
@@ -190,8 +190,7 @@ def gaussian_contrast(site: Any, num_draws: int) -> Any:
     with torch.no_grad():
         extra = fn.sample(torch.Size([num_draws]))
         draws = torch.cat([site["value"].detach().expand(extra.shape[1:]).unsqueeze(0), extra])
-        loc = draws.mean(0)
-        scale = draws.std(0).clamp_min(1e-6 * (1.0 + loc.abs()))
+        loc, scale = fit_moments(draws)
     return dist.Normal(loc, scale).to_event(len(fn.event_shape))
 
 
