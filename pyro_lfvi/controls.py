@@ -42,15 +42,20 @@ class TrainingControls(RatioEstimation):
         raise NotImplementedError
 
     def _surrogate(self, elbo: torch.Tensor, d_loss: torch.Tensor) -> torch.Tensor:
-        """What one backward pass differentiates: -ELBO for the guide, the
-        scoring rule for the discriminator, each only where it should train."""
-        # The implicit-prior classifiers always train with the SVI optimiser.
-        guide_part = -elbo + self._generator_loss + self._prior_loss
+        """What one backward pass differentiates: -ELBO (and the adversarial
+        generator term) for the guide and model, the scoring rules for the
+        ratio estimators, each only where it should train."""
         if len(self.history) < self.warmup_steps:
-            guide_part = -elbo.detach()
-        if self.discriminator_optim is not None or self.discriminator_steps == 0:
-            return guide_part + d_loss.detach()
-        return guide_part + d_loss
+            surrogate = -elbo.detach()
+        else:
+            surrogate = -elbo + self._generator_loss
+        # The implicit-prior classifiers train in every step with the SVI
+        # optimiser, warm-up included; the discriminator too, unless it has
+        # its own optimiser or is fixed.
+        surrogate = surrogate + self._prior_loss
+        if self.discriminator_optim is None and self.discriminator_steps > 0:
+            surrogate = surrogate + d_loss
+        return surrogate
 
     def _train_discriminator(self, model: Any, guide: Any, args: Any, kwargs: Any) -> None:
         """``discriminator_steps`` updates by ``discriminator_optim``, if given."""

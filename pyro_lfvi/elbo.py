@@ -523,14 +523,17 @@ class LFVI(TrainingControls, ELBO):
     ) -> torch.Tensor:
         """
         :returns: the negative ELBO estimate as a tensor whose gradient also
-            trains the discriminator (its loss enters with value zero).
+            trains the ratio estimators (and, in adversarial mode, the model's
+            parameters); those terms enter with value zero.
         :rtype: torch.Tensor
         """
         with _rollback_on_error():
             self._train_discriminator(model, guide, args, kwargs)
             elbo, d_loss = self._objectives(model, guide, args, kwargs)
         self._record(elbo, d_loss)
-        return self._surrogate(elbo, d_loss) - d_loss.detach()
+        surrogate = self._surrogate(elbo, d_loss)
+        # The value is the negative ELBO; the gradient is the surrogate's.
+        return surrogate - surrogate.detach() - elbo.detach()
 
     def loss_and_grads(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
         """

@@ -122,6 +122,46 @@ def test_differentiable_loss_value_is_the_negative_elbo_in_every_mode():
     assert float(value.detach()) == pytest.approx(-elbo.history[-1]["elbo"])
 
 
+def test_differentiable_loss_value_is_the_negative_elbo_with_extra_terms():
+    # The adversarial generator term and the implicit-prior classifier's loss
+    # enter the gradient, not the value.
+    data = 1.0 + torch.randn(N)
+
+    def model(data):
+        prior = ImplicitSite(lambda s: s * torch.randn_like(s), torch.tensor(5.0))
+        mu = pyro.sample("mu", prior)
+        shift = pyro.param("shift", torch.tensor(0.0))
+        with pyro.plate("data", N, subsample_size=20) as i:
+            site = ImplicitSite(lambda m: m + torch.randn_like(m), mu + shift, reparameterized=True)
+            pyro.sample("x", site, obs=data[i])
+
+    _, _, guide = problem([])
+    elbo = LFVI(model_params="adversarial")
+    value = elbo.differentiable_loss(model, guide, data)
+    assert float(value.detach()) == pytest.approx(-elbo.history[-1]["elbo"])
+    assert float(elbo._generator_loss.detach()) != 0.0
+    assert float(elbo._prior_loss.detach()) != 0.0
+    value.backward()
+    assert pyro.param("shift").grad is not None
+
+
+def test_implicit_prior_classifier_trains_during_warmup():
+    data = 1.0 + torch.randn(N)
+
+    def model(data):
+        mu = pyro.sample("mu", ImplicitSite(lambda s: s * torch.randn_like(s), torch.tensor(5.0)))
+        with pyro.plate("data", N, subsample_size=20) as i:
+            pyro.sample("x", ImplicitSite(lambda m: m + torch.randn_like(m), mu), obs=data[i])
+
+    _, _, guide = problem([])
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), LFVI(warmup_steps=3))
+    svi.step(data)
+    before = weights("lfvi_discriminator_prior_mu")
+    svi.step(data)
+    assert before and changed(before, weights("lfvi_discriminator_prior_mu")) == set(before)
+    assert loc_value() == 0.0
+
+
 def test_checkpoint_keeps_the_discriminator_optimiser_state(tmp_path):
     data, model, guide = problem([])
 
