@@ -167,6 +167,7 @@ from pyro_lfvi.examples import (
     ConjugateNormal,
     HierarchicalNormal,
     NoiseNetwork,
+    decaying_adam,
     standardized_errors,
 )
 
@@ -193,8 +194,7 @@ def fit(
     summary: Callable[..., Any] | None = None,
 ):
     """SVI with LFVI() defaults and a ClippedAdam decaying from ``lr`` to ``final_lr``."""
-    optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": (final_lr / lr) ** (1 / steps)})
-    svi = pyro.infer.SVI(model, guide, optim, LFVI(summary=summary))
+    svi = pyro.infer.SVI(model, guide, decaying_adam(steps, lr, final_lr), LFVI(summary=summary))
     for _ in range(steps):
         svi.step(data)
 

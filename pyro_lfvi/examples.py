@@ -25,6 +25,7 @@ __all__ = [
     "BimodalLocals",
     "ConjugateNormal",
     "HierarchicalNormal",
+    "decaying_adam",
     "standardized_errors",
     "train",
 ]
@@ -235,6 +236,12 @@ def standardized_errors(
     return out
 
 
+def decaying_adam(num_steps: int, lr: float, final_lr: float) -> pyro.optim.PyroOptim:
+    """:class:`pyro.optim.ClippedAdam` whose learning rate decays geometrically
+    from ``lr`` to ``final_lr`` over ``num_steps`` steps."""
+    return pyro.optim.ClippedAdam({"lr": lr, "lrd": (final_lr / lr) ** (1.0 / num_steps)})
+
+
 def train(
     problem: ConjugateNormal | HierarchicalNormal,
     num_steps: int,
@@ -251,8 +258,7 @@ def train(
     :returns: the LFVI instance, whose ``history`` holds the training curve.
     """
     elbo = elbo if elbo is not None else LFVI()
-    lrd = (final_lr / lr) ** (1.0 / num_steps)
-    optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": lrd})
+    optim = decaying_adam(num_steps, lr, final_lr)
     svi = pyro.infer.SVI(problem.model, problem.guide, optim, elbo)
     for _ in range(num_steps):
         svi.step(problem.data)

@@ -34,14 +34,14 @@ from pyro_lfvi.examples import (
     BimodalLocals,
     ConjugateNormal,
     HierarchicalNormal,
+    decaying_adam,
     standardized_errors,
     train,
 )
 
 
 def decaying_svi(model, guide, elbo, num_steps, lr, final_lr):
-    lrd = (final_lr / lr) ** (1.0 / num_steps)
-    return SVI(model, guide, pyro.optim.ClippedAdam({"lr": lr, "lrd": lrd}), elbo)
+    return SVI(model, guide, decaying_adam(num_steps, lr, final_lr), elbo)
 
 
 def test_implicit_local_guide_matches_the_normal_guide_tolerances():
