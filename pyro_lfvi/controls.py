@@ -10,6 +10,7 @@ receive no gradient.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyro
@@ -21,7 +22,29 @@ from .estimator import RatioEstimation
 from .pairing import PairedJoints
 from .ratio_losses import RatioLoss
 
-__all__ = ["TrainingControls"]
+__all__ = ["StepObjectives", "TrainingControls"]
+
+
+def _zero() -> torch.Tensor:
+    return torch.zeros(())
+
+
+@dataclass
+class StepObjectives:
+    """Everything one LFVI step computes, returned rather than stored.
+
+    ``elbo`` carries gradients to the guide; ``ratio_loss``, ``prior_loss``
+    and ``generator_loss`` train the ratio estimator, the implicit-prior
+    classifiers and (adversarially) the model's parameters.
+    """
+
+    elbo: torch.Tensor = field(default_factory=_zero)
+    ratio_loss: torch.Tensor = field(default_factory=_zero)
+    prior_loss: torch.Tensor = field(default_factory=_zero)
+    generator_loss: torch.Tensor = field(default_factory=_zero)
+    stats: dict[str, float] = field(default_factory=dict)
+    global_summary: tuple[list[float], list[float]] = ([], [])
+    model_params: list[str] = field(default_factory=list)
 
 
 class TrainingControls(RatioEstimation):
@@ -33,28 +56,25 @@ class TrainingControls(RatioEstimation):
     discriminator_optim: PyroOptim | None
     ratio_loss: RatioLoss
     model_params: str | None
-    _generator_loss: torch.Tensor
-    _prior_loss: torch.Tensor
-    _model_param_names: list[str]
     _model_params_checked: bool
 
     def _pair(self, model: Any, guide: Any, args: Any, kwargs: Any) -> list[PairedJoints]:
         raise NotImplementedError
 
-    def _surrogate(self, elbo: torch.Tensor, d_loss: torch.Tensor) -> torch.Tensor:
+    def _surrogate(self, out: StepObjectives) -> torch.Tensor:
         """What one backward pass differentiates: -ELBO (and the adversarial
         generator term) for the guide and model, the scoring rules for the
         ratio estimators, each only where it should train."""
         if len(self.history) < self.warmup_steps:
-            surrogate = -elbo.detach()
+            surrogate = -out.elbo.detach()
         else:
-            surrogate = -elbo + self._generator_loss
+            surrogate = -out.elbo + out.generator_loss
         # The implicit-prior classifiers train in every step with the SVI
         # optimiser, warm-up included; the discriminator too, unless it has
         # its own optimiser or is fixed.
-        surrogate = surrogate + self._prior_loss
+        surrogate = surrogate + out.prior_loss
         if self.discriminator_optim is None and self.discriminator_steps > 0:
-            surrogate = surrogate + d_loss
+            surrogate = surrogate + out.ratio_loss
         return surrogate
 
     def _train_discriminator(self, model: Any, guide: Any, args: Any, kwargs: Any) -> None:
@@ -77,12 +97,12 @@ class TrainingControls(RatioEstimation):
             for p in params:
                 p.grad = None
 
-    def _check_model_params(self) -> None:
+    def _check_model_params(self, names: list[str]) -> None:
         """Warn once about model parameters that the last backward pass missed."""
         self._model_params_checked = True
         store = pyro.get_param_store()
         missed = []
-        for name in self._model_param_names:
+        for name in names:
             if name not in store:
                 continue
             param: Any = store[name]

@@ -11,6 +11,16 @@ and in plain words, when
 * the discriminator is **useless**: it stays at chance for a whole window
   while the guide's global latents keep moving, so the guide is following
   nothing but its prior.
+
+These two concern the paper's joint classifier. For every estimator it also
+warns when, over a whole window (see :func:`pair_checks` for the figures),
+
+* simulations often return NaN or inf (they are dropped from training);
+* observed data points lie outside the range of the model's simulations (a
+  posterior predictive check): the model cannot reproduce the data;
+* the local posteriors are wider than their prior;
+* after the first windows, the guide's globals are still as wide as their
+  prior: the ratio estimator found nothing in the data.
 """
 
 from __future__ import annotations
@@ -19,8 +29,15 @@ import math
 import statistics
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["LFVIWarning", "TrainingMonitor", "discriminator_accuracy"]
+__all__ = ["LFVIWarning", "TrainingMonitor", "discriminator_accuracy", "pair_checks"]
+
+CHECKS = ("nonfinite_fraction", "ppc_outside", "local_sd_ratio", "prior_sd_ratio")
+"""The per-step figures of :func:`pair_checks` (and the estimator) that the monitor watches."""
+
+CHECK_DRAWS = 8
+"""Prior draws per step for the spread checks of :func:`pair_checks`."""
 
 
 class LFVIWarning(UserWarning):
@@ -38,6 +55,131 @@ def discriminator_accuracy(
     right_p = (p > 0).float() + 0.5 * (p == 0).float()
     right_q = (q < 0).float() + 0.5 * (q == 0).float()
     return float(0.5 * (right_p.mean() + right_q.mean()))
+
+
+def _unconstrained_sd(site: Any, value: Any, draws: int) -> tuple[Any, Any]:
+    """Spread over particles of the guide's value and of prior draws, unconstrained."""
+    import torch
+    from torch.distributions import biject_to
+
+    transform = biject_to(site["fn"].support)
+    prior = transform.inv(site["fn"].sample(torch.Size([draws])))
+    return transform.inv(value), prior
+
+
+def pair_checks(pair: Any) -> dict[str, float]:
+    """
+    Per-step checks of one pairing, whatever the ratio estimator:
+
+    * ``ppc_outside``: the fraction of observed data points with a feature
+      outside the range of this step's simulations (widened by 10%): a
+      posterior predictive check, near 0 when the model can produce the data;
+    * ``local_sd_ratio``: the median over data points of the spread of the
+      guide's local draws over the particles, divided by that of the local
+      prior at the guide's globals; above 1 the local posteriors are wider
+      than their prior;
+    * ``prior_sd_ratio``: the smallest, over global latents, spread of the
+      guide's draws divided by the prior's (unconstrained); near 1 the guide
+      has learned nothing from the data.
+    """
+    import torch
+
+    from .pairing import _to_rows
+
+    out: dict[str, float] = {}
+    sims = torch.cat(list(pair.p_observed.values()), -1).flatten(0, 1).detach()
+    sims = sims[sims.isfinite().all(-1)]
+    obs = torch.cat(list(pair.q_observed.values()), -1)[0].detach()
+    if sims.shape[0] >= 20:
+        low, high = sims.min(0).values, sims.max(0).values
+        pad = 0.1 * (high - low)
+        outside = ((obs < low - pad) | (obs > high + pad)).any(-1)
+        out["ppc_outside"] = float(outside.float().mean())
+    if pair.num_particles < 2:
+        return out
+    ratios = []
+    for name, rows in pair.q_local.items():
+        site = pair.q_trace.nodes[name]
+        try:
+            draws = site["fn"].sample(torch.Size([CHECK_DRAWS]))
+        except NotImplementedError:
+            continue
+        prior = torch.stack([_to_rows(d, site["fn"], site, pair.lead) for d in draws])
+        q_sd = rows.detach().std(0)
+        p_sd = prior.flatten(0, 1).std(0).clamp_min(1e-12)
+        ratios.append((q_sd / p_sd).flatten())
+    if ratios:
+        out["local_sd_ratio"] = float(torch.cat(ratios).median())
+    global_ratios = []
+    for name in pair.roles.global_:
+        site = pair.q_trace.nodes[name]
+        try:
+            value, prior = _unconstrained_sd(site, site["value"].detach(), 4 * CHECK_DRAWS)
+        except NotImplementedError:
+            continue
+        axis = 0 if value.dim() == prior.dim() - 1 else None
+        if axis is None:
+            continue
+        q_sd = value.reshape(pair.num_particles, -1).std(0)
+        p_sd = prior.reshape(prior.shape[0] * pair.num_particles, -1).std(0).clamp_min(1e-12)
+        global_ratios.append((q_sd / p_sd).min())
+    if global_ratios:
+        out["prior_sd_ratio"] = float(torch.stack(global_ratios).min())
+    return out
+
+
+_PAIR_RULES: list[tuple[str, float, int, str, Any]] = [
+    (
+        "nonfinite_fraction",
+        0.05,
+        1,
+        "nonfinite_simulations",
+        lambda v, w, n: (
+            f"{100 * v:.0f}% of the simulations over the last {w} steps returned NaN or inf; "
+            f"they are left out of the ratio estimator's training, which then never sees "
+            f"those parameter values. Narrow the prior to where the simulator works, or make "
+            f"the simulator return finite values."
+        ),
+    ),
+    (
+        "ppc_outside",
+        0.05,
+        1,
+        "ppc",
+        lambda v, w, n: (
+            f"posterior predictive check failed: {100 * v:.0f}% of the observed data points "
+            f"lie outside the range of the model's simulations at the current guide (last {w} "
+            f"steps). The model cannot reproduce the data (check the simulator, its units and "
+            f"the prior with a prior predictive check), or the guide has not reached them: "
+            f"train longer. Do not trust the posterior."
+        ),
+    ),
+    (
+        "local_sd_ratio",
+        1.25,
+        1,
+        "wide_locals",
+        lambda v, w, n: (
+            f"the local posteriors are {v:.2f}x as wide as their prior (median over data "
+            f"points, last {w} steps); data cannot widen a posterior, so the local ratio is "
+            f"poorly estimated. Train longer, or give the local guide a smaller initial scale."
+        ),
+    ),
+    (
+        "prior_sd_ratio",
+        0.9,
+        3,
+        "at_prior",
+        lambda v, w, n: (
+            f"after {n} steps every global latent's guide is still as wide as its prior "
+            f"(spread ratio {v:.2f}): the ratio estimator found no dependence of the data on "
+            f"them. If the data should be informative, train longer or with more simulations "
+            f"per step (num_particles), or give the estimator an embedding suited to the data "
+            f"(ContrastiveRatioEstimator(embedding=...))."
+        ),
+    ),
+]
+"""(history key, threshold, windows before it applies, warning kind, advice)."""
 
 
 def _column_means(rows: Sequence[Sequence[float]]) -> list[float]:
@@ -87,6 +229,8 @@ class TrainingMonitor:
         self._spread: list[list[float]] = []
         self._best_median: float | None = None
         self._best_mad = 0.0
+        self.joint = True
+        self._checks: dict[str, list[float]] = {}
 
     def _warn(self, kind: str, message: str) -> None:
         if kind not in self.warned:
@@ -112,17 +256,34 @@ class TrainingMonitor:
             )
             return
         self._elbo.append(elbo)
+        for key in CHECKS:
+            if key in entry:
+                self._checks.setdefault(key, []).append(entry[key])
         self._acc.append(entry["discriminator_accuracy"])
         self._centre.append(list(centre))
         self._spread.append(list(spread))
         if len(self._elbo) % self.window == 0:
             self._check_window(step)
 
+    def _window_mean(self, key: str) -> float | None:
+        values = self._checks.get(key, [])[-self.window :]
+        return statistics.mean(values) if len(values) >= self.window // 2 else None
+
+    def _check_pairs(self, step: int) -> None:
+        """The warnings on :func:`pair_checks`' figures, each over a window."""
+        w = self.window
+        for key, threshold, min_steps, kind, advice in _PAIR_RULES:
+            value = self._window_mean(key)
+            if value is not None and value > threshold and len(self._elbo) >= min_steps * w:
+                self._warn(kind, f"LFVI step {step}: " + advice(value, w, len(self._elbo)))
+
     def _check_window(self, step: int) -> None:
         w = self.window
         elbo, acc = self._elbo[-w:], self._acc[-w:]
         median, mad = _median_mad(elbo)
-        if self._best_median is not None:
+        # The contrastive estimator's ELBO is known up to a constant that moves with
+        # its training distribution, so only the joint classifier's can diverge.
+        if self._best_median is not None and self.joint:
             drop = self._best_median - median
             if drop > 10 * (self._best_mad + mad) and drop > 1.0:
                 self._warn(
@@ -134,6 +295,9 @@ class TrainingMonitor:
                 )
         if self._best_median is None or median > self._best_median:
             self._best_median, self._best_mad = median, mad
+        self._check_pairs(step)
+        if not self.joint:
+            return
         if sum(a > self.saturation for a in acc) >= 0.95 * w:
             self._warn(
                 "saturated",

@@ -19,10 +19,39 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-__all__ = ["MLPDiscriminator", "Summary", "concat_features", "mlp"]
+from .validation import DiscriminatorError
+
+__all__ = ["MLPDiscriminator", "Summary", "checked_summary", "concat_features", "mlp"]
 
 Summary = Callable[[Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]]
 """Summary statistics of the observed rows: ``{name: (P, M, d)} -> {name: (P, M, k)}``."""
+
+
+def checked_summary(
+    summary: Summary, observed: Mapping[str, torch.Tensor]
+) -> Mapping[str, torch.Tensor]:
+    """Apply a user's ``summary`` to observed rows, checking what it returns."""
+    try:
+        out = summary(observed)
+    except Exception as err:
+        raise DiscriminatorError(
+            f"The summary function raised {type(err).__name__}: {err}. It receives a "
+            f"dict of observed rows of shape (particles, points, features) and must "
+            f"return a dict of tensors of shape (particles, points, k)"
+        ) from err
+    lead = next(iter(observed.values())).shape[:-1]
+    if not isinstance(out, Mapping) or not out:
+        raise DiscriminatorError(
+            f"Expected summary to return a non-empty dict of tensors, actual {type(out).__name__}"
+        )
+    for name, value in out.items():
+        if not isinstance(value, torch.Tensor) or value.dim() != 3 or value.shape[:-1] != lead:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else value
+            raise DiscriminatorError(
+                f"Expected summary['{name}'] to have shape {(*lead, 'k')} (particles, "
+                f"points, k), actual {shape}"
+            )
+    return out
 
 
 def concat_features(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer import ELBO
@@ -14,13 +16,15 @@ from pyro.infer.elbo import ELBOModule
 from pyro.optim import PyroOptim
 from torch import nn
 
-from .controls import TrainingControls
-from .diagnostics import TrainingMonitor, discriminator_accuracy
+from .contrastive import ContrastiveRatioEstimator
+from .controls import StepObjectives, TrainingControls
+from .diagnostics import LFVIWarning, TrainingMonitor, discriminator_accuracy, pair_checks
 from .discriminator import Summary
-from .estimator import frozen_weights
+from .implicit import ImplicitSite, name_implicit_sites
 from .pairing import PairedJoints, pair_joints, point_log_prob
+from .ratio import RatioEstimator, frozen_weights
 from .ratio_losses import RatioLoss, log_loss, resolve_ratio_loss
-from .roles import plate_nesting, trace_guide
+from .roles import classify_sites, plate_nesting, trace_guide
 from .validation import (
     check_nonnegative_int,
     check_positive_int,
@@ -30,6 +34,14 @@ from .validation import (
 __all__ = ["LFVI"]
 
 _PARTICLE_PLATE = "_lfvi_particles"
+CONTRASTIVE_WIDEN = 2.0
+"""The default ``widen`` of the contrastive estimator: it learns the ratio
+wherever its training latents are, so they stay near the guide (where the ELBO
+evaluates it); wider spreads put most simulations where a simulator explodes
+(an AR(1) series at 5x: the posterior mean 3 sds off)."""
+SIMULATIONS_PER_STEP = 256
+"""With the default ``num_particles``, the contrastive estimator gets at least
+this many simulations per step (particles times the minibatch size)."""
 
 
 @contextlib.contextmanager
@@ -54,6 +66,8 @@ class LFVIModule(ELBOModule):
         loss = self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
         if "discriminator" not in self._modules and self.elbo.discriminator is not None:
             self.discriminator = self.elbo.discriminator
+        if self.elbo.estimator is not None and "ratio_estimator" not in self._modules:
+            self.ratio_estimator = nn.ModuleDict(self.elbo.estimator.modules())
         if len(self.elbo.prior_classifiers) != len(getattr(self, "prior_classifiers", ())):
             self.prior_classifiers = nn.ModuleDict(self.elbo.prior_classifiers)
         return loss
@@ -171,8 +185,9 @@ class LFVI(TrainingControls, ELBO):
     :type ratio_loss: str or callable
     :param str discriminator_name: the name under which the discriminator's
         weights live in Pyro's param store (default ``"lfvi_discriminator"``).
-    :param float widen: spread factor of the globals the discriminator trains
-        on (default 5; 1 turns widening off; needs ``num_particles >= 2``
+    :param float widen: spread factor of the globals the ratio estimator trains
+        on (default 2 for the contrastive estimator, 5 for the joint classifier;
+        1 turns widening off; needs ``num_particles >= 2``
         and vectorised particles).
     :param bool self_normalize: normalise the estimated ratio over the
         minibatch (default True; needs at least two data points per step).
@@ -248,14 +263,14 @@ class LFVI(TrainingControls, ELBO):
 
     def __init__(
         self,
-        num_particles: int = 8,
+        num_particles: int | None = None,
         vectorize_particles: bool = True,
         max_plate_nesting: float = float("inf"),
         discriminator: nn.Module | None = None,
         hidden_sizes: Sequence[int] = (64, 64),
         ratio_loss: str | RatioLoss = "log",
         discriminator_name: str = "lfvi_discriminator",
-        widen: float = 5.0,
+        widen: float | None = None,
         self_normalize: bool = True,
         diagnostics: bool = True,
         callback: Callable[[int, dict[str, float]], None] | None = None,
@@ -268,8 +283,40 @@ class LFVI(TrainingControls, ELBO):
         model_params: str | None = None,
         summary: Summary | None = None,
         retain_graph: bool | None = None,
+        estimator: str | RatioEstimator | None = None,
     ) -> None:
-        num_particles = check_positive_int("num_particles", num_particles)
+        self._auto_particles = num_particles is None
+        num_particles = check_positive_int(
+            "num_particles", 8 if num_particles is None else num_particles
+        )
+        if isinstance(estimator, str):
+            if estimator not in ("contrastive", "joint"):
+                raise ValueError(
+                    f"Expected estimator to be 'contrastive', 'joint', a RatioEstimator or "
+                    f"None (choose by the model), actual {estimator!r}"
+                )
+            self._estimator_choice: str | None = estimator
+            self.estimator: RatioEstimator | None = None
+        elif estimator is None or isinstance(estimator, RatioEstimator):
+            self._estimator_choice = None if estimator is None else "given"
+            self.estimator = estimator
+        else:
+            raise ValueError(
+                f"Expected estimator to be 'contrastive', 'joint', a RatioEstimator or None, "
+                f"actual {type(estimator).__name__}"
+            )
+        self._joint_options = [
+            name
+            for name, given in (
+                ("discriminator", discriminator is not None),
+                ("discriminator_optim", discriminator_optim is not None),
+                ("discriminator_steps", discriminator_steps != 1),
+                ("ratio_loss", ratio_loss != "log"),
+                ("self_normalize", not self_normalize),
+            )
+            if given
+        ]
+        self._is_setup = False
         self.discriminator_steps = check_nonnegative_int("discriminator_steps", discriminator_steps)
         self.warmup_steps = check_nonnegative_int("warmup_steps", warmup_steps)
         if discriminator_optim is not None and not isinstance(discriminator_optim, PyroOptim):
@@ -309,10 +356,7 @@ class LFVI(TrainingControls, ELBO):
             )
         self.summary = summary
         self._model_params_checked = False
-        self._generator_loss = torch.zeros(())
-        self._prior_loss = torch.zeros(())
         self.prior_classifiers: dict[str, nn.Module] = {}
-        self._model_param_names: list[str] = []
         self.contrast_draws = check_nonnegative_int("contrast_draws", contrast_draws)
         if self.contrast_draws == 1:
             raise ValueError(
@@ -331,7 +375,8 @@ class LFVI(TrainingControls, ELBO):
                 f"Expected discriminator_name to be a non-empty str, actual {discriminator_name!r}"
             )
         self.ratio_loss: RatioLoss = resolve_ratio_loss(ratio_loss)
-        self.widen = check_positive_number("widen", widen)
+        self._auto_widen = widen is None
+        self.widen = check_positive_number("widen", 5.0 if widen is None else widen)
         if self.widen < 1.0:
             raise ValueError(f"Expected widen >= 1 (1 turns widening off), actual {widen!r}")
         self.self_normalize = bool(self_normalize)
@@ -371,22 +416,93 @@ class LFVI(TrainingControls, ELBO):
 
     # -- pairing ---------------------------------------------------------------
 
+    def _setup(
+        self, model: Callable[..., Any], guide: Callable[..., Any], args: Any, kwargs: Any
+    ) -> None:
+        """At the first step: plate nesting, the ratio estimator and the particle count."""
+        if self._is_setup:
+            return
+        # A side run: it must not consume the random stream (resumed runs).
+        with poutine.block(), torch.random.fork_rng():
+            g = trace_guide(name_implicit_sites()(guide), args, kwargs)
+            m = poutine.trace(poutine.replay(name_implicit_sites()(model), trace=g)).get_trace(
+                *args, **kwargs
+            )
+        if self.max_plate_nesting == float("inf"):
+            self.max_plate_nesting = plate_nesting(g, m) + 1
+        roles = classify_sites(m, g, None)
+        if self.estimator is None:
+            reason = self._joint_reason(roles, m, g)
+            if reason is None:
+                self.estimator = ContrastiveRatioEstimator(
+                    hidden_sizes=self.hidden_sizes, summary=self.summary
+                )
+            elif self._estimator_choice == "contrastive":
+                raise ValueError(
+                    f"Expected a model that the contrastive estimator can handle, actual "
+                    f"one where {reason}: use estimator='joint' (or leave the default)"
+                )
+        if self._auto_widen and self.estimator is not None:
+            self.widen = CONTRASTIVE_WIDEN
+        if self._auto_particles:
+            if self.estimator is not None:
+                # Enough simulations per step for the classifier to contrast.
+                wanted = -(-SIMULATIONS_PER_STEP // max(1, roles.num_points))
+                self.num_particles = int(min(max(wanted, 8), 256))
+            else:
+                self.num_particles = 8
+        if self.estimator is not None and (self.num_particles < 2 or not self.vectorize_particles):
+            raise ValueError(
+                f"Expected num_particles >= 2 with vectorize_particles=True for the "
+                f"contrastive estimator (it pairs each particle's latents with another "
+                f"particle's simulations), actual num_particles={self.num_particles}, "
+                f"vectorize_particles={self.vectorize_particles}; or use estimator='joint'"
+            )
+        if self.monitor is not None:
+            self.monitor.joint = self.estimator is None
+        if self.estimator is None and self.self_normalize and roles.num_points < 2:
+            warnings.warn(
+                "LFVI's joint classifier normalises its ratio over the data points of a "
+                "minibatch, and this model has one data point per step, so that is off: "
+                "the globals' posterior may come out several times too wide. Use the "
+                "default contrastive estimator (estimator='contrastive') if the local "
+                "latents have explicit priors and guides, or minibatches of two or more.",
+                LFVIWarning,
+                stacklevel=4,
+            )
+        self._is_setup = True
+
+    def _joint_reason(self, roles: Any, model_trace: Any, guide_trace: Any) -> str | None:
+        """Why this run needs the paper's joint classifier, or None."""
+        if self._estimator_choice == "joint":
+            return "estimator='joint' was asked for"
+        for name in roles.local:
+            if isinstance(model_trace.nodes[name]["fn"], ImplicitSite):
+                return f"local site '{name}' has an implicit prior"
+            if isinstance(guide_trace.nodes[name]["fn"], ImplicitSite):
+                return f"local site '{name}' has an implicit guide"
+        if self.model_params == "adversarial":
+            return "model parameters are trained adversarially"
+        if not self._auto_particles and (self.num_particles < 2 or not self.vectorize_particles):
+            return "it needs two or more vectorised particles"
+        for name in roles.global_:
+            if isinstance(guide_trace.nodes[name]["fn"], dist.Delta):
+                return f"global site '{name}' has a point-mass guide (variational EM)"
+        if self._joint_options:
+            return f"options of the joint classifier were given ({', '.join(self._joint_options)})"
+        return None
+
     def _max_nesting(
         self, model: Callable[..., Any], guide: Callable[..., Any], args: Any, kwargs: Any
     ) -> int:
-        if self.max_plate_nesting != float("inf"):
-            # ELBO.__init__ added one for the particle plate.
-            return int(self.max_plate_nesting) - 1
-        with poutine.block():
-            g = trace_guide(guide, args, kwargs)
-            m = poutine.trace(poutine.replay(model, trace=g)).get_trace(*args, **kwargs)
-        nesting = plate_nesting(g, m)
-        self.max_plate_nesting = nesting + 1
-        return nesting
+        self._setup(model, guide, args, kwargs)
+        # ELBO.__init__ (or _setup) added one for the particle plate.
+        return int(self.max_plate_nesting) - 1
 
     def _pair(
         self, model: Callable[..., Any], guide: Callable[..., Any], args: Any, kwargs: Any
     ) -> list[PairedJoints]:
+        self._setup(model, guide, args, kwargs)
         if self.vectorize_particles and self.num_particles > 1:
             dim = -self._max_nesting(model, guide, args, kwargs) - 1
             plate = pyro.plate(_PARTICLE_PLATE, self.num_particles, dim=dim)
@@ -402,6 +518,7 @@ class LFVI(TrainingControls, ELBO):
                     self.contrast_draws,
                     self.point_spread,
                     self.model_params == "adversarial",
+                    allow_nonfinite=self.estimator is not None,
                 )
             ]
         return [
@@ -420,52 +537,61 @@ class LFVI(TrainingControls, ELBO):
     # -- objectives ------------------------------------------------------------
 
     def _objectives(
-        self, model: Any, guide: Any, args: Any, kwargs: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (ELBO estimate, discriminator loss), both averaged over particles."""
+        self, model: Any, guide: Any, args: Any, kwargs: Any, update: bool = True
+    ) -> StepObjectives:
+        """The ELBO estimate and every training loss of one step, averaged over particles."""
         pairs = self._pair(model, guide, args, kwargs)
-        net = self._discriminator(pairs[0])
-        elbo = torch.zeros(())
-        d_loss = torch.zeros(())
-        generator = torch.zeros(())
-        prior_loss = torch.zeros(())
-        stats = {"discriminator_accuracy": 0.0, "mean_logit_p": 0.0, "mean_logit_q": 0.0}
+        estimator = self.estimator
+        net = self._discriminator(pairs[0]) if estimator is None else None
+        out = StepObjectives(model_params=pairs[0].model_params)
+        stats: dict[str, float] = {}
         for pair in pairs:
-            logits_p, logits_t = self._training_logits(net, pair)
-            d_loss = d_loss + self.ratio_loss(logits_p, logits_t) / len(pairs)
-            log_ratio = self._log_ratio(net, pair)
+            if estimator is None:
+                assert net is not None
+                logits_p, logits_t = self._training_logits(net, pair)
+                ratio_loss = self.ratio_loss(logits_p, logits_t)
+                log_ratio = self._log_ratio(net, pair)
+                with torch.no_grad():
+                    pair_stats = {
+                        "discriminator_accuracy": discriminator_accuracy(logits_p, logits_t),
+                        "mean_logit_p": float(logits_p.mean()),
+                        "mean_logit_q": float(logits_t.mean()),
+                    }
+            else:
+                result = estimator.objectives(pair, update=update)
+                ratio_loss, pair_stats = result.loss, result.stats
+                log_ratio = result.log_ratio + pair.q_offset
+            out.ratio_loss = out.ratio_loss + ratio_loss / len(pairs)
             scale = pair.scale.expand(log_ratio.shape)
             per_point = (scale * log_ratio).sum() / pair.num_particles
-            elbo = elbo + (pair.global_log_ratio + per_point) / len(pairs)
+            out.elbo = out.elbo + (pair.global_log_ratio + per_point) / len(pairs)
             for name, contrast in pair.prior_contrasts.items():
                 classifier = self._prior_classifier(name, contrast.value.shape[-1])
                 with frozen_weights(classifier):
                     shape_term = classifier(contrast.value).sum()
                 log_prior = contrast.log_reference + shape_term
-                elbo = elbo + log_prior / pair.num_particles / len(pairs)
-                prior_loss = prior_loss + log_loss(
+                out.elbo = out.elbo + log_prior / pair.num_particles / len(pairs)
+                out.prior_loss = out.prior_loss + log_loss(
                     classifier(contrast.prior), classifier(contrast.reference)
                 ) / len(pairs)
             if self.model_params == "adversarial":
+                assert net is not None
                 # KL(model || data) over the training joints, differentiated
                 # through the simulations into the simulator's parameters.
                 frozen = self._logits(net, pair, "p", detach_weights=True) + pair.p_offset
                 kl = (pair.scale.expand(frozen.shape) * frozen).sum() / pair.num_particles
-                generator = generator + kl / len(pairs)
-            with torch.no_grad():
-                acc = discriminator_accuracy(logits_p, logits_t)
-                stats["discriminator_accuracy"] += acc / len(pairs)
-                stats["mean_logit_p"] += float(logits_p.mean()) / len(pairs)
-                stats["mean_logit_q"] += float(logits_t.mean()) / len(pairs)
+                out.generator_loss = out.generator_loss + kl / len(pairs)
+            # Diagnostics draw on a forked random stream: on or off, the fit is the same.
+            with torch.no_grad(), torch.random.fork_rng():
+                pair_stats.update(pair_checks(pair))
+                for key, value in pair_stats.items():
+                    stats[key] = stats.get(key, 0.0) + value / len(pairs)
                 if self.debug_model is not None and pair is pairs[0]:
                     stats.update(self._debug(log_ratio, pair, args, kwargs))
-        self._last_stats = stats
-        self._generator_loss = generator
-        self._prior_loss = prior_loss
-        self._model_param_names = pairs[0].model_params
+        out.stats = stats
         if self.monitor is not None:
-            self._last_globals = self._global_summary(pairs[0])
-        return elbo, d_loss
+            out.global_summary = self._global_summary(pairs[0])
+        return out
 
     @torch.no_grad()
     def _debug(
@@ -498,25 +624,29 @@ class LFVI(TrainingControls, ELBO):
         values = torch.cat([v.detach() for v in pair.q_global.values()], -1)
         return values.mean(0).tolist(), values.std(0).tolist()
 
-    def _record(self, elbo: torch.Tensor, d_loss: torch.Tensor) -> None:
-        entry = {"elbo": float(elbo.detach()), "discriminator_loss": float(d_loss.detach())}
-        entry.update(self._last_stats)
+    def _record(self, step_out: StepObjectives) -> None:
+        entry = {
+            "elbo": float(step_out.elbo.detach()),
+            "discriminator_loss": float(step_out.ratio_loss.detach()),
+        }
+        entry.update(step_out.stats)
         self.history.append(entry)
         step = len(self.history) - 1
         if self.monitor is not None:
-            self.monitor.update(step, entry, *self._last_globals)
+            self.monitor.update(step, entry, *step_out.global_summary)
         if self.callback is not None:
             self.callback(step, entry)
 
     def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
         """
         :returns: an estimate of the negative ELBO (up to a constant: the
-            ratio estimator replaces the implicit log densities).
+            ratio estimator replaces the implicit log densities). It trains
+            nothing and records nothing.
         :rtype: float
         """
         with _rollback_on_error(), torch.no_grad():
-            elbo, _ = self._objectives(model, guide, args, kwargs)
-        return -float(elbo.detach())
+            out = self._objectives(model, guide, args, kwargs, update=False)
+        return -float(out.elbo.detach())
 
     def differentiable_loss(
         self, model: Any, guide: Any, *args: Any, **kwargs: Any
@@ -529,28 +659,28 @@ class LFVI(TrainingControls, ELBO):
         """
         with _rollback_on_error():
             self._train_discriminator(model, guide, args, kwargs)
-            elbo, d_loss = self._objectives(model, guide, args, kwargs)
-        self._record(elbo, d_loss)
-        surrogate = self._surrogate(elbo, d_loss)
+            out = self._objectives(model, guide, args, kwargs)
+        self._record(out)
+        surrogate = self._surrogate(out)
         # The value is the negative ELBO; the gradient is the surrogate's.
-        return surrogate - surrogate.detach() - elbo.detach()
+        return surrogate - surrogate.detach() - out.elbo.detach()
 
     def loss_and_grads(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
         """
         Compute the negative ELBO estimate and back-propagate both objectives:
         the ELBO's gradient into the guide's parameters, the scoring rule's
-        into the discriminator's.
+        into the ratio estimator's.
 
         :returns: an estimate of the negative ELBO.
         :rtype: float
         """
         with _rollback_on_error():
             self._train_discriminator(model, guide, args, kwargs)
-            elbo, d_loss = self._objectives(model, guide, args, kwargs)
-            surrogate = self._surrogate(elbo, d_loss)
+            out = self._objectives(model, guide, args, kwargs)
+            surrogate = self._surrogate(out)
             if surrogate.requires_grad:
                 surrogate.backward(retain_graph=self.retain_graph)
         if not self._model_params_checked and len(self.history) >= self.warmup_steps:
-            self._check_model_params()
-        self._record(elbo, d_loss)
-        return -float(elbo.detach())
+            self._check_model_params(out.model_params)
+        self._record(out)
+        return -float(out.elbo.detach())

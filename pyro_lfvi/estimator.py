@@ -10,34 +10,21 @@ global priors (:mod:`pyro_lfvi.global_ratio`).
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import pyro
 import torch
 from pyro.params import module_from_param_with_module_name
 from torch import nn
 
-from .discriminator import MLPDiscriminator, Summary, concat_features
+from .discriminator import MLPDiscriminator, Summary, checked_summary, concat_features
 from .global_ratio import PriorShapeClassifier
 from .pairing import PairedJoints
+from .ratio import frozen_weights
 from .validation import DiscriminatorError
 
-__all__ = ["RatioEstimation", "frozen_weights"]
-
-
-@contextlib.contextmanager
-def frozen_weights(net: nn.Module) -> Iterator[None]:
-    """Evaluate ``net`` with its weights as constants: inputs still get gradients."""
-    params = [p for p in net.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
+__all__ = ["RatioEstimation"]
 
 
 class RatioEstimation:
@@ -74,30 +61,8 @@ class RatioEstimation:
         return net
 
     def _summarize(self, observed: dict[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
-        """Apply ``summary``, checking what it returns (once, at the first step)."""
         assert self.summary is not None
-        try:
-            out = self.summary(observed)
-        except Exception as err:
-            raise DiscriminatorError(
-                f"The summary function raised {type(err).__name__}: {err}. It receives a "
-                f"dict of observed rows of shape (particles, points, features) and must "
-                f"return a dict of tensors of shape (particles, points, k)"
-            ) from err
-        lead = next(iter(observed.values())).shape[:-1]
-        if not isinstance(out, Mapping) or not out:
-            raise DiscriminatorError(
-                f"Expected summary to return a non-empty dict of tensors, actual "
-                f"{type(out).__name__}"
-            )
-        for name, value in out.items():
-            if not isinstance(value, torch.Tensor) or value.dim() != 3 or value.shape[:-1] != lead:
-                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else value
-                raise DiscriminatorError(
-                    f"Expected summary['{name}'] to have shape {(*lead, 'k')} (particles, "
-                    f"points, k), actual {shape}"
-                )
-        return out
+        return checked_summary(self.summary, observed)
 
     def _logits(
         self,

@@ -143,6 +143,7 @@ class ImplicitSite(TorchDistribution):
         self.vectorized = bool(vectorized)
         self._support = support
         self.site_name: str | None = None
+        self.allow_nonfinite = False
         super().__init__(
             batch_shape=inferred,
             event_shape=torch.Size(event_shape),
@@ -239,7 +240,11 @@ class ImplicitSite(TorchDistribution):
                 f"parameters broadcast to the batch shape and must return one "
                 f"draw per batch element; set event_shape= for multivariate draws"
             )
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        if (
+            not self.allow_nonfinite
+            and value.is_floating_point()
+            and not bool(torch.isfinite(value).all())
+        ):
             bad = int((~torch.isfinite(value)).sum())
             raise SimulatorError(
                 f"The simulator of {self._describe()} returned {bad} NaN or inf "
@@ -284,11 +289,22 @@ class name_implicit_sites(Messenger):
     """
     Handler that tells each :class:`ImplicitSite` the name of its sample site,
     so that simulator errors name the site. It never changes a value.
+
+    :param bool allow_nonfinite: let simulators return NaN or inf (LFVI's
+        simulation side drops such rows from the ratio estimator's training)
+        instead of raising :class:`SimulatorError`.
     """
+
+    def __init__(self, allow_nonfinite: bool = False) -> None:
+        super().__init__()
+        self.allow_nonfinite = allow_nonfinite
 
     def _pyro_sample(self, msg: Any) -> None:
         fn = msg["fn"]
-        if isinstance(fn, ImplicitSite) and fn.site_name != msg["name"]:
+        if isinstance(fn, ImplicitSite) and (
+            fn.site_name != msg["name"] or fn.allow_nonfinite != self.allow_nonfinite
+        ):
             fn = copy.copy(fn)
             fn.site_name = msg["name"]
+            fn.allow_nonfinite = self.allow_nonfinite
             msg["fn"] = fn

@@ -25,6 +25,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
+from .embeddings import PointShape
 from .global_ratio import PriorContrast, fit_moments, prior_contrast
 from .implicit import ImplicitSite, name_implicit_sites
 from .roles import (
@@ -90,6 +91,7 @@ class PairedJoints:
     num_particles: int
     model_params: list[str]
     prior_contrasts: dict[str, PriorContrast]
+    observed_points: dict[str, PointShape]
 
 
 def _to_rows(value: torch.Tensor, fn: Any, site: Any, lead: list[str | None]) -> torch.Tensor:
@@ -112,6 +114,15 @@ def _to_rows(value: torch.Tensor, fn: Any, site: Any, lead: list[str | None]) ->
     it = iter(sizes)
     lead_sizes = [next(it) if (n is not None and n in frames) else 1 for n in lead]
     return full.reshape([*lead_sizes, -1])
+
+
+def _point_shape(site: Any, rows: torch.Tensor) -> PointShape:
+    """The layout of one data point: nested-plate elements and the event shape."""
+    event = tuple(int(s) for s in getattr(site["fn"], "event_shape", ()))
+    size = 1
+    for s in event:
+        size *= s
+    return PointShape(max(1, int(rows.shape[-1]) // max(1, size)), event)
 
 
 def _particle_axis(value: torch.Tensor, site: Any, particle_plate: str) -> int:
@@ -162,8 +173,34 @@ def widen_globals(
             point = ((u - centre).abs() <= tol).all(axis, keepdim=True)
             if bool(point.any()):  # draw only then: other guides keep their random stream
                 spread = torch.where(point, point_spread * torch.randn_like(u), spread)
-        out[name] = transform(centre + spread)
+        out[name] = transform(_within_prior(centre + spread, model_trace.nodes[name]["fn"]))
     return out
+
+
+PRIOR_RANGE_DRAWS = 512
+"""Prior draws per step that bound the training globals (see :func:`widen_globals`)."""
+
+
+def _within_prior(u: torch.Tensor, prior: Any) -> torch.Tensor:
+    """
+    Clamp unconstrained training globals ``u`` to the range of the prior: its
+    0.1% and 99.9% quantiles (from fresh draws) widened by a tenth of their
+    distance. Widened draws then never reach regions the prior rules out, where
+    a simulator may blow up (an AR coefficient beyond 1, a rate of 1e6).
+    """
+    try:
+        # A side computation: it must not move the random stream of training.
+        with torch.no_grad(), torch.random.fork_rng():
+            draws = biject_to(prior.support).inv(prior.sample(torch.Size([PRIOR_RANGE_DRAWS])))
+    except NotImplementedError:
+        return u
+    flat = draws.reshape(PRIOR_RANGE_DRAWS, -1)
+    if not bool(torch.isfinite(flat).all()):
+        return u
+    low, high = torch.quantile(flat, torch.tensor([0.001, 0.999]), dim=0)
+    pad = 0.1 * (high - low)
+    low, high = (low - pad).reshape(draws.shape[1:]), (high + pad).reshape(draws.shape[1:])
+    return torch.maximum(torch.minimum(u, high), low)
 
 
 def point_log_prob(fn: Any, value: torch.Tensor, site: Any, lead: list[str | None]) -> torch.Tensor:
@@ -263,6 +300,7 @@ def pair_joints(
     contrast_draws: int = 16,
     point_spread: float = 0.5,
     model_grad: bool = False,
+    allow_nonfinite: bool = False,
 ) -> PairedJoints:
     """
     Run the guide and both sides of the model, and flatten them per data point.
@@ -285,6 +323,8 @@ def pair_joints(
     :param bool model_grad: keep the graph from the model's own parameters
         to the p-side simulations (for adversarial training of a
         differentiable simulator).
+    :param bool allow_nonfinite: let the p-side simulations contain NaN or
+        inf (the ratio estimator drops those rows).
     """
     guide_trace = trace_guide(name_implicit_sites()(guide), args, kwargs)
     model_fn = name_implicit_sites()(model)
@@ -312,8 +352,9 @@ def pair_joints(
     # The p-side carries gradients only to the model's own parameters, and
     # only when they are trained adversarially.
     with torch.set_grad_enabled(model_grad and torch.is_grad_enabled()):
+        p_model = name_implicit_sites(allow_nonfinite)(model)
         p_trace = poutine.trace(
-            poutine.uncondition(poutine.replay(model_fn, trace=globals_only))
+            poutine.uncondition(poutine.replay(p_model, trace=globals_only))
         ).get_trace(*args, **kwargs)
     with torch.no_grad():
         t_trace = guide_trace
@@ -340,6 +381,13 @@ def pair_joints(
         return out
 
     q_obs = rows(q_trace, roles.observed, lead)
+    for name, value in q_obs.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise ModelStructureError(
+                f"The observed data of site '{name}' hold {bad} NaN or inf value(s). LFVI "
+                f"cannot compare simulations with missing data: drop or impute those points"
+            )
     p_obs = rows(p_trace, roles.observed, lead)
     q_loc = rows(q_trace, roles.local, lead)
     p_loc = rows(p_trace, roles.local, lead)
@@ -418,6 +466,7 @@ def pair_joints(
         scale=scale,
         global_log_ratio=(log_p - log_q) / num_particles,
         prior_contrasts=contrasts,
+        observed_points={n: _point_shape(q_trace.nodes[n], q_obs[n]) for n in roles.observed},
         num_particles=num_particles,
         model_params=[
             name

@@ -38,7 +38,7 @@ def run(model, guide, data, elbo, steps, lr=0.01):
 
 def test_saturated_discriminator_warns():
     data, model, guide = shifted_problem(offset=100.0)
-    elbo = LFVI()
+    elbo = LFVI(estimator="joint")
     elbo.monitor = TrainingMonitor(window=20)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LFVIWarning)

@@ -75,7 +75,7 @@ def test_summary_feeds_the_default_discriminator_its_statistics():
         seen.append(tuple(observed["x"].shape))
         return {"x": torch.cat([observed["x"], observed["x"] ** 2], -1)}
 
-    elbo = LFVI(summary=summary)
+    elbo = LFVI(summary=summary, estimator="joint")
     pyro.infer.SVI(problem.model, problem.guide, pyro.optim.Adam({"lr": 0.01}), elbo).step(
         problem.data
     )

@@ -129,7 +129,7 @@ def test_simulator_wrong_shape_names_site_and_shapes(trained_store):
 
 def test_simulator_wrong_shape_under_vectorised_particles(trained_store):
     model = model_with(sim=lambda mu: torch.zeros(8))
-    with pytest.raises(SimulatorError, match=r"site 'x'.*shape \(8, 8\).*actual \(8,\)"):
+    with pytest.raises(SimulatorError, match=r"site 'x'.*shape \(\d+, 8\).*actual \(8,\)"):
         svi_with(model, normal_guide).step(DATA)
     assert_untouched(trained_store)
 
@@ -137,7 +137,7 @@ def test_simulator_wrong_shape_under_vectorised_particles(trained_store):
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_simulator_nan_or_inf_midway_leaves_store_untouched(trained_store, bad):
     model = model_with(sim=lambda mu: mu + bad * torch.ones_like(mu))
-    with pytest.raises(SimulatorError, match=r"site 'x'.*NaN or inf"):
+    with pytest.raises(SimulatorError, match=r"site.*'x'.*NaN or inf"):
         svi_with(model, normal_guide).step(DATA)
     assert_untouched(trained_store)
 

@@ -30,8 +30,6 @@ def test_reference_plus_classifier_recovers_a_non_gaussian_log_prior():
     points = torch.linspace(-2.0, 2.0, 9)
     site = {"fn": ImplicitSite(laplace, torch.ones(9)), "value": points}
     contrast = prior_contrast(site, 20000)
-    loc, scale = contrast.prior.mean(), contrast.prior.std()  # whitened: ~0, ~1
-    assert abs(float(loc)) < 0.05 and abs(float(scale) - 1) < 0.05
     with torch.no_grad():
         estimate = (
             dist.Normal(0.0, 2**0.5).log_prob(points)  # the reference: sd of Laplace(0, 1)

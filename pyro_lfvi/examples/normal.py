@@ -17,9 +17,9 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
-from .elbo import LFVI
-from .implicit import ImplicitSite
-from .networks import NoiseNetwork
+from ..elbo import LFVI
+from ..implicit import ImplicitSite
+from ..networks import NoiseNetwork
 
 __all__ = [
     "BimodalLocals",

@@ -1,0 +1,37 @@
+"""Built-in implicit models whose exact posteriors are known.
+
+Each example bundles synthetic data, a model whose likelihood is an
+:class:`~pyro_lfvi.ImplicitSite`, a guide, and the exact posterior of the
+explicit version of the same model, so that LFVI's answer can be checked.
+They serve the demo, the tests and the benchmarks.
+
+* :mod:`.normal`: Normal models with many observations (conjugate,
+  hierarchical with local means, bimodal locals);
+* :mod:`.single`: a single observation (N = 1), the setting of ABC
+  benchmarks: an AR(1) series and sbibm's ``gaussian_linear``;
+* :mod:`.series`: time series with a local coefficient per series, two observed
+  variables, and an explicit twin for NUTS.
+"""
+
+from .normal import (
+    BimodalLocals,
+    ConjugateNormal,
+    HierarchicalNormal,
+    decaying_adam,
+    standardized_errors,
+    train,
+)
+from .series import LocalSeries
+from .single import AR1Series, GaussianLinear
+
+__all__ = [
+    "AR1Series",
+    "BimodalLocals",
+    "ConjugateNormal",
+    "GaussianLinear",
+    "HierarchicalNormal",
+    "LocalSeries",
+    "decaying_adam",
+    "standardized_errors",
+    "train",
+]

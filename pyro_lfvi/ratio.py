@@ -1,0 +1,79 @@
+"""The interface between :class:`~pyro_lfvi.LFVI` and a ratio estimator.
+
+A ratio estimator turns a :class:`~pyro_lfvi.pairing.PairedJoints` (the
+guide's draws, the observations and fresh simulations of the model) into
+
+* the per-point log ratio that enters the ELBO, with gradients to the guide
+  only, and
+* the loss that trains the estimator itself, with gradients to its own
+  weights only,
+
+returned together as :class:`RatioObjectives` (as Pyro's ``rws.py`` returns
+its two objectives). Implementations: :class:`~pyro_lfvi.ContrastiveRatioEstimator`
+(the default, trained on simulations alone) and the paper's joint classifier
+(``LFVI(estimator="joint")``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .pairing import PairedJoints
+
+__all__ = ["RatioEstimator", "RatioObjectives", "frozen_weights"]
+
+
+@contextlib.contextmanager
+def frozen_weights(net: nn.Module) -> Iterator[None]:
+    """Evaluate ``net`` with its weights as constants: inputs still get gradients."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+@dataclass
+class RatioObjectives:
+    """What a ratio estimator returns for one :class:`PairedJoints`.
+
+    :ivar torch.Tensor log_ratio: ``(P, M)``, the estimated
+        :math:`\\log p(x_n \\mid z_n, \\beta)` up to a function of
+        :math:`x_n` alone, plus whatever part of the local ratio the estimator
+        learns; LFVI adds the known local offsets ``pair.q_offset``.
+    :ivar torch.Tensor loss: the estimator's own training loss (a scalar).
+    :ivar dict stats: per-step figures for :attr:`LFVI.history`.
+    """
+
+    log_ratio: torch.Tensor
+    loss: torch.Tensor
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class RatioEstimator:
+    """Base class of ratio estimators (see the module docstring)."""
+
+    #: Whether the estimator learns the known local offsets too (the joint
+    #: classifier does; the contrastive estimator leaves them to LFVI).
+    includes_offsets: bool = False
+
+    def objectives(self, pair: PairedJoints, update: bool = True) -> RatioObjectives:
+        """
+        :param PairedJoints pair: one pairing of model and guide.
+        :param bool update: whether running statistics (input standardisation)
+            may follow this batch; ``False`` inside ``LFVI.loss``, which has no
+            side effects.
+        """
+        raise NotImplementedError
+
+    def modules(self) -> dict[str, nn.Module]:
+        """The estimator's networks by param-store name (for checkpoints and modules)."""
+        raise NotImplementedError

@@ -1,0 +1,222 @@
+"""The default contrastive ratio estimator: choice, training inputs, robustness."""
+
+import warnings
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.distributions import constraints
+
+from pyro_lfvi import (
+    LFVI,
+    ContrastiveRatioEstimator,
+    DiscriminatorError,
+    ImplicitSite,
+    LFVIWarning,
+    ModelStructureError,
+)
+from pyro_lfvi.contrastive import squash
+from pyro_lfvi.examples import ConjugateNormal, HierarchicalNormal
+
+
+def small_problem(simulate=None, data=None):
+    data = torch.randn(20) + 1.0 if data is None else data
+    simulate = simulate or (lambda mu: mu + torch.randn_like(mu))
+
+    def model(data):
+        mu = pyro.sample("mu", dist.Normal(0.0, 3.0))
+        with pyro.plate("data", len(data), subsample_size=10) as idx:
+            pyro.sample("x", ImplicitSite(simulate, mu), obs=data[idx])
+
+    def guide(data):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        scale = pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
+        pyro.sample("mu", dist.Normal(loc, scale))
+
+    return data, model, guide
+
+
+def test_default_is_contrastive_for_explicit_locals_and_joint_for_implicit_ones():
+    problem = HierarchicalNormal(num_groups=6, batch_size=3)
+    elbo = LFVI()
+    elbo.loss_and_grads(problem.model, problem.guide, problem.data)
+    assert isinstance(elbo.estimator, ContrastiveRatioEstimator)
+    # Enough simulations per step: particles times minibatch >= 256.
+    assert elbo.num_particles * 3 >= 256
+    pyro.clear_param_store()
+    elbo = LFVI()
+    elbo.loss_and_grads(problem.model, problem.implicit_guide, problem.data)
+    assert elbo.estimator is None  # the paper's joint classifier
+    assert elbo.num_particles == 8
+
+
+def test_asking_for_the_contrastive_estimator_with_an_implicit_local_guide_fails():
+    problem = HierarchicalNormal(num_groups=6, batch_size=3)
+    elbo = LFVI(estimator="contrastive")
+    with pytest.raises(ValueError, match="local site 'theta' has an implicit guide"):
+        elbo.loss_and_grads(problem.model, problem.implicit_guide, problem.data)
+    assert "theta_loc" not in pyro.get_param_store()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"estimator": "nre"}, "estimator to be 'contrastive', 'joint'"),
+        ({"estimator": 3}, "estimator to be 'contrastive', 'joint'"),
+        ({"num_particles": 0}, "num_particles to be an integer >= 1"),
+    ],
+)
+def test_estimator_arguments_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LFVI(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"embedding": "conv"}, "embedding to be a torch.nn.Module"),
+        ({"embedding": {"x": 3}}, r"embedding\['x'\] to be a torch.nn.Module"),
+        ({"num_contrasts": 0}, "num_contrasts to be an integer >= 1"),
+        ({"momentum": 0.0}, r"momentum in \(0, 1\]"),
+        ({"nan_policy": "ignore"}, "nan_policy 'drop' or 'raise'"),
+        ({"hidden_sizes": (0,)}, "each of hidden_sizes"),
+        ({"name": ""}, "name to be a non-empty str"),
+        ({"normalizer_draws": 0}, "normalizer_draws to be an integer >= 1"),
+    ],
+)
+def test_contrastive_arguments_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ContrastiveRatioEstimator(**kwargs)
+
+
+def test_joint_only_options_select_the_joint_classifier():
+    data, model, guide = small_problem()
+    elbo = LFVI(ratio_loss="hinge")
+    elbo.loss_and_grads(model, guide, data)
+    assert elbo.estimator is None
+
+
+def test_classifier_never_sees_the_observations():
+    # The training loss must not change when the observed data do.
+    data, model, guide = small_problem()
+    losses = []
+    for shift in (0.0, 100.0):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(3)
+        elbo = LFVI()
+        elbo.loss_and_grads(model, guide, data + shift)
+        losses.append(elbo.history[-1]["discriminator_loss"])
+    assert losses[0] == losses[1]
+
+
+def test_loss_has_no_side_effects():
+    data, model, guide = small_problem()
+    elbo = LFVI()
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), elbo)
+    svi.step(data)
+    net = elbo.estimator.network
+    before = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    history = len(elbo.history)
+    svi.evaluate_loss(data)
+    assert len(elbo.history) == history
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_standardisation_follows_the_simulations_as_they_move():
+    data, model, guide = small_problem()
+    elbo = LFVI()
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.0}), elbo)
+    svi.step(data)
+    first = elbo.estimator.network.x_standardization[0].detach().clone()
+    pyro.get_param_store()["loc"] = torch.tensor(8.0)  # the guide moves away
+    for _ in range(150):
+        svi.step(data)
+    moved = elbo.estimator.network.x_standardization[0].detach()
+    assert float(first) < 2.0 and float(moved) > 6.5, (first, moved)
+
+
+def test_training_globals_stay_within_the_prior_range():
+    # A guide far outside its prior (N(0, 3)) must not drag the simulations along.
+    data, model, guide = small_problem()
+    elbo = LFVI()
+    pyro.param("loc", torch.tensor(50.0))
+    elbo.loss_and_grads(model, guide, data)
+    pair = elbo._pair(model, guide, (data,), {})[0]
+    # Clamped to the prior draws' 0.1%-99.9% range plus a tenth: within 5 prior sds.
+    assert float(pair.p_global["mu"].abs().max()) < 5 * 3.0
+
+
+def test_squash_is_identity_inside_four_and_logarithmic_beyond():
+    z = torch.tensor([-3.0, 0.0, 3.9, 1e12])
+    out = squash(z)
+    assert torch.equal(out[:3], z[:3])
+    assert float(out[3]) < 4.0 + 28.0  # log(1e12) ~ 27.6
+
+
+def test_simulations_with_nan_are_dropped_counted_and_warned_about():
+    def fragile(mu):  # blows up where mu > 1 (about half the draws here)
+        out = mu + torch.randn_like(mu)
+        return torch.where(mu > 1.0, torch.full_like(out, float("nan")), out)
+
+    data, model, guide = small_problem(fragile)
+    elbo = LFVI()
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), elbo)
+    pyro.get_param_store()["loc"] = torch.tensor(1.0)
+    with pytest.warns(LFVIWarning, match="returned NaN or inf"):
+        for _ in range(200):
+            svi.step(data)
+    fractions = [h["nonfinite_fraction"] for h in elbo.history]
+    assert max(fractions) > 0.1
+    assert all(torch.isfinite(torch.tensor([h["elbo"] for h in elbo.history])))
+
+
+def test_nan_policy_raise_raises():
+    def broken(mu):
+        return torch.full_like(mu, float("nan"))
+
+    data, model, guide = small_problem(broken)
+    elbo = LFVI(estimator=ContrastiveRatioEstimator(nan_policy="raise"))
+    with pytest.raises(DiscriminatorError, match="nan_policy='raise'"):
+        elbo.loss_and_grads(model, guide, data)
+    assert "loc" not in pyro.get_param_store()
+
+
+def test_nan_in_the_observed_data_is_an_error_naming_the_site():
+    data = torch.randn(20)
+    data[3] = float("nan")
+    data, model, guide = small_problem(data=data)
+    elbo = LFVI()
+    with pytest.raises(ModelStructureError, match="observed data of site 'x' hold"):
+        for _ in range(3):  # the NaN may miss the first minibatch
+            elbo.loss_and_grads(model, guide, data)
+
+
+def test_misspecified_model_fails_the_posterior_predictive_check():
+    # Data far beyond anything the simulator produces under the prior.
+    data, model, guide = small_problem(data=torch.full((20,), 60.0) + torch.randn(20))
+    elbo = LFVI()
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), elbo)
+    with pytest.warns(LFVIWarning, match="posterior predictive check failed"):
+        for _ in range(200):
+            svi.step(data)
+
+
+def test_simulator_that_ignores_its_parameter_warns_that_the_guide_stayed_at_the_prior():
+    data, model, guide = small_problem(lambda mu: torch.randn_like(mu))
+    elbo = LFVI()
+    pyro.param("scale", torch.tensor(3.0), constraint=constraints.positive)
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), elbo)
+    with pytest.warns(LFVIWarning, match="still as wide as its prior"):
+        for _ in range(600):
+            svi.step(data)
+
+
+def test_healthy_run_stays_silent():
+    problem = ConjugateNormal(num_data=200, batch_size=50)
+    svi = pyro.infer.SVI(problem.model, problem.guide, pyro.optim.Adam({"lr": 0.02}), LFVI())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LFVIWarning)
+        for _ in range(600):
+            svi.step(problem.data)
