@@ -1,6 +1,7 @@
 import re
 from pathlib import Path
 
+import pyro
 import pytest
 
 from pyro_lfvi.demo import main
@@ -44,3 +45,14 @@ def test_readme_gives_the_test_command_ci_runs():
     ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
     assert "python -m pytest -q" in README.read_text()
     assert "python -m pytest -q" in ci
+
+
+def test_readme_single_observation_example_runs():
+    text = README.read_text()
+    block = text.split("## A single observation (N = 1)", 1)[1].split("```python", 1)[1]
+    block = block.split("```", 1)[0]
+    assert "num_steps=3000" in block
+    namespace: dict = {}
+    exec(compile(block.replace("num_steps=3000", "num_steps=5"), "README.md", "exec"), namespace)
+    assert namespace["observed"].shape == (20,)
+    assert "loc" in pyro.get_param_store()
