@@ -52,7 +52,6 @@ from collections.abc import Mapping, Sequence
 import pyro
 import torch
 import torch.nn.functional as F
-from pyro.params import module_from_param_with_module_name
 from torch import nn
 
 from .diagnostics import discriminator_accuracy
@@ -60,7 +59,7 @@ from .discriminator import Summary, checked_summary, mlp
 from .embeddings import PointShape, default_embedding
 from .implicit import SimulatorError
 from .pairing import PairedJoints
-from .ratio import RatioEstimator, RatioObjectives, frozen_weights
+from .ratio import RatioEstimator, RatioObjectives, frozen_weights, stored_module
 from .validation import DiscriminatorError, check_positive_int
 
 __all__ = ["ContrastiveNetwork", "ContrastiveRatioEstimator", "squash"]
@@ -129,13 +128,11 @@ class ContrastiveNetwork(nn.Module):
             )
         self.head = mlp(embed + theta_size, hidden_sizes)
 
-    def features(
-        self, observed: Mapping[str, torch.Tensor], local: Mapping[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Raw data features ``(P, M, dx)`` and the latent rows to concatenate."""
+    def features(self, observed: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Raw data features ``(P, M, dx)``, after ``summary`` if any."""
         if self.summary is not None:
             observed = self.summary(observed)
-        return torch.cat([observed[n] for n in self.points], -1), list(local.values())
+        return torch.cat([observed[n] for n in self.points], -1)
 
     @staticmethod
     def theta(
@@ -163,7 +160,7 @@ class ContrastiveNetwork(nn.Module):
 
     def embed(self, observed: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Standardised, embedded data points: ``(..., d)`` rows to ``(..., k)``."""
-        x, _ = self.features(observed, {})
+        x = self.features(observed)
         lead = x.shape[:-1]
         loc, scale = self.x_standardization.detach()
         x = squash((x - loc) / scale)
@@ -346,10 +343,7 @@ class ContrastiveRatioEstimator(RatioEstimator):
         return {} if self.network is None else {self.name: self.network}
 
     def _net(self, pair: PairedJoints) -> ContrastiveNetwork:
-        stored = any(
-            module_from_param_with_module_name(k) == self.name
-            for k in pyro.get_param_store().keys()
-        )
+        stored = stored_module(self.name)
         if self.network is None:
             with torch.random.fork_rng(enabled=stored):
                 self.network = self._build(pair)
@@ -360,13 +354,11 @@ class ContrastiveRatioEstimator(RatioEstimator):
     # -- objectives -------------------------------------------------------------
 
     def _training(
-        self, net: ContrastiveNetwork, pair: PairedJoints, update: bool
+        self, net: ContrastiveNetwork, pair: PairedJoints, valid: torch.Tensor, update: bool
     ) -> tuple[torch.Tensor, dict[str, float]]:
         obs = {k: v.detach() for k, v in pair.p_observed.items()}
         loc = {k: v.detach() for k, v in pair.p_local.items()}
         glob = {k: v.detach() for k, v in pair.p_global.items()}
-        finite = [v.isfinite().all(-1) for v in obs.values()]
-        valid = torch.stack(finite).all(0)
         num_bad = int((~valid).sum())
         if num_bad and self.nan_policy == "raise":
             raise DiscriminatorError(
@@ -382,7 +374,7 @@ class ContrastiveRatioEstimator(RatioEstimator):
         obs = {k: torch.where(v.isfinite(), v, torch.zeros(())) for k, v in obs.items()}
         P, M = valid.shape
         if update and int(valid.sum()) >= 2:
-            x, _ = net.features(obs, loc)
+            x = net.features(obs)
             theta = net.theta(loc, glob, valid.shape)
             net.update_standardization(x[valid], theta[valid], self.momentum)
         embedded = net.embed(obs)
@@ -414,11 +406,12 @@ class ContrastiveRatioEstimator(RatioEstimator):
         }
         return loss, stats
 
-    def _log_normalizer(self, net: ContrastiveNetwork, pair: PairedJoints) -> torch.Tensor:
-        """``log mean_j exp s(x'_j, z_n, beta)`` over simulations ``x'_j``, shape (P, M)."""
+    def _log_normalizer(
+        self, net: ContrastiveNetwork, pair: PairedJoints, valid: torch.Tensor
+    ) -> torch.Tensor:
+        """``log mean_j exp s(x'_j, z_n, beta)`` over finite simulations ``x'_j``, (P, M)."""
         sims = {k: v.detach().flatten(0, 1) for k, v in pair.p_observed.items()}
-        valid = torch.stack([v.isfinite().all(-1) for v in sims.values()]).all(0)
-        rows = valid.nonzero().squeeze(-1)
+        rows = valid.flatten().nonzero().squeeze(-1)
         if rows.numel() == 0:
             return torch.zeros(())
         pick = rows[torch.randperm(rows.numel())[: self.normalizer_draws]]
@@ -444,11 +437,13 @@ class ContrastiveRatioEstimator(RatioEstimator):
                 "vectorize_particles=True) or LFVI(estimator='joint')"
             )
         net = self._net(pair)
-        loss, stats = self._training(net, pair, update)
+        # Simulations without NaN or inf: (P, M), shared by training and normaliser.
+        valid = torch.stack([v.isfinite().all(-1) for v in pair.p_observed.values()]).all(0)
+        loss, stats = self._training(net, pair, valid, update)
         with frozen_weights(net):
             log_ratio = net(pair.q_observed, pair.q_local, pair.q_global)
             if self.self_normalize and pair.roles.full_size > 1:
-                log_ratio = log_ratio - self._log_normalizer(net, pair)
+                log_ratio = log_ratio - self._log_normalizer(net, pair, valid)
         expected = (pair.num_particles, pair.roles.num_points)
         if tuple(log_ratio.shape) != expected:
             raise DiscriminatorError(

@@ -15,13 +15,12 @@ from collections.abc import Mapping
 
 import pyro
 import torch
-from pyro.params import module_from_param_with_module_name
 from torch import nn
 
 from .discriminator import MLPDiscriminator, Summary, checked_summary, concat_features
 from .global_ratio import PriorShapeClassifier
 from .pairing import PairedJoints
-from .ratio import frozen_weights
+from .ratio import frozen_weights, stored_module
 from .validation import DiscriminatorError
 
 __all__ = ["RatioEstimation"]
@@ -105,10 +104,7 @@ class RatioEstimation:
         return logits_p, logits_t
 
     def _discriminator(self, pair: PairedJoints) -> nn.Module:
-        stored = any(
-            module_from_param_with_module_name(k) == self.discriminator_name
-            for k in pyro.get_param_store().keys()
-        )
+        stored = stored_module(self.discriminator_name)
         if self.discriminator is None:
             # Weights already in the store (a resumed run) replace the fresh
             # ones: build without drawing from the global RNG, so that the

@@ -20,12 +20,20 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import pyro
 import torch
+from pyro.params import module_from_param_with_module_name
 from torch import nn
 
 from .pairing import PairedJoints
 
-__all__ = ["RatioEstimator", "RatioObjectives", "frozen_weights"]
+__all__ = ["RatioEstimator", "RatioObjectives", "frozen_weights", "stored_module"]
+
+
+def stored_module(name: str) -> bool:
+    """Whether Pyro's param store already holds weights of the module ``name``
+    (a resumed run): a network built then must not draw from the global RNG."""
+    return any(module_from_param_with_module_name(k) == name for k in pyro.get_param_store())
 
 
 @contextlib.contextmanager
