@@ -8,6 +8,7 @@ from .elbo import LFVI
 from .embeddings import ConvEmbedding, DeepSetEmbedding, MLPEmbedding, default_embedding
 from .implicit import ImplicitDensityError, ImplicitSite, SimulatorError
 from .inference_data import to_inference_data
+from .joint import JointRatioEstimator
 from .networks import NoiseNetwork
 from .ratio import RatioEstimator, RatioObjectives
 from .ratio_losses import hinge_loss, log_loss
@@ -24,6 +25,7 @@ __all__ = [
     "DiscriminatorError",
     "ImplicitDensityError",
     "ImplicitSite",
+    "JointRatioEstimator",
     "LFVIWarning",
     "MLPDiscriminator",
     "MLPEmbedding",

@@ -59,7 +59,13 @@ from .discriminator import Summary, checked_summary, mlp
 from .embeddings import PointShape, default_embedding
 from .implicit import SimulatorError
 from .pairing import PairedJoints
-from .ratio import RatioEstimator, RatioObjectives, frozen_weights, stored_module
+from .ratio import (
+    RatioEstimator,
+    RatioObjectives,
+    checked_per_point,
+    frozen_weights,
+    stored_module,
+)
 from .validation import DiscriminatorError, check_positive_int
 
 __all__ = ["ContrastiveNetwork", "ContrastiveRatioEstimator", "squash"]
@@ -444,15 +450,5 @@ class ContrastiveRatioEstimator(RatioEstimator):
             log_ratio = net(pair.q_observed, pair.q_local, pair.q_global)
             if self.self_normalize and pair.roles.full_size > 1:
                 log_ratio = log_ratio - self._log_normalizer(net, pair, valid)
-        expected = (pair.num_particles, pair.roles.num_points)
-        if tuple(log_ratio.shape) != expected:
-            raise DiscriminatorError(
-                f"Expected the ratio network to return shape {expected} (particles, "
-                f"points), actual {tuple(log_ratio.shape)}"
-            )
-        if not bool(torch.isfinite(log_ratio).all()):
-            raise DiscriminatorError(
-                "The ratio network returned NaN or inf at the observed data; lower the "
-                "learning rate or clip gradients (pyro.optim.ClippedAdam(clip_norm=...))"
-            )
+        checked_per_point(log_ratio, pair, "ratio network at the observed data")
         return RatioObjectives(log_ratio=log_ratio, loss=loss, stats=stats)

@@ -2,9 +2,9 @@
 
 :class:`TrainingControls` decides what one backward pass trains
 (``warmup_steps``, ``discriminator_steps``, the adversarial generator term,
-the implicit-prior classifiers), runs the discriminator-only updates of a
-separate ``discriminator_optim``, and warns once about model parameters that
-receive no gradient.
+the implicit-prior classifiers), owns those classifiers, runs the joint
+classifier's own updates under a separate ``discriminator_optim``, and warns
+once about model parameters that receive no gradient.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from typing import Any
 import pyro
 import torch
 from pyro.optim import PyroOptim
+from torch import nn
 
 from .diagnostics import LFVIWarning
-from .estimator import RatioEstimation
+from .global_ratio import PriorShapeClassifier
+from .joint import JointRatioEstimator
 from .pairing import PairedJoints
-from .ratio_losses import RatioLoss
+from .ratio import RatioEstimator
 
 __all__ = ["StepObjectives", "TrainingControls"]
 
@@ -47,14 +49,16 @@ class StepObjectives:
     model_params: list[str] = field(default_factory=list)
 
 
-class TrainingControls(RatioEstimation):
+class TrainingControls:
     """Mixin of :class:`~pyro_lfvi.LFVI`: what trains when, and with what."""
 
     history: list[dict[str, float]]
     warmup_steps: int
     discriminator_steps: int
     discriminator_optim: PyroOptim | None
-    ratio_loss: RatioLoss
+    discriminator_name: str
+    estimator: RatioEstimator | None
+    prior_classifiers: dict[str, nn.Module]
     model_params: str | None
     _model_params_checked: bool
 
@@ -84,11 +88,13 @@ class TrainingControls(RatioEstimation):
         for _ in range(self.discriminator_steps):
             with torch.no_grad():
                 pairs = self._pair(model, guide, args, kwargs)
-            net = self._discriminator(pairs[0])
+            estimator = self.estimator
+            assert isinstance(estimator, JointRatioEstimator)
+            net = estimator.network(pairs[0])
             d_loss = torch.zeros(())
             for pair in pairs:
-                logits_p, logits_t = self._training_logits(net, pair)
-                d_loss = d_loss + self.ratio_loss(logits_p, logits_t) / len(pairs)
+                logits_p, logits_t = estimator.training_logits(net, pair)
+                d_loss = d_loss + estimator.ratio_loss(logits_p, logits_t) / len(pairs)
             params = [p for p in net.parameters() if p.requires_grad]
             for p in params:
                 p.grad = None
@@ -96,6 +102,13 @@ class TrainingControls(RatioEstimation):
             self.discriminator_optim(params)
             for p in params:
                 p.grad = None
+
+    def _prior_classifier(self, name: str, size: int) -> nn.Module:
+        """The shape classifier of an implicit global prior (see global_ratio)."""
+        if name not in self.prior_classifiers:
+            self.prior_classifiers[name] = PriorShapeClassifier(size)
+        module_name = f"{self.discriminator_name}_prior_{name}"
+        return pyro.module(module_name, self.prior_classifiers[name], update_module_params=True)
 
     def _check_model_params(self, names: list[str]) -> None:
         """Warn once about model parameters that the last backward pass missed."""

@@ -18,9 +18,10 @@ from torch import nn
 
 from .contrastive import ContrastiveRatioEstimator
 from .controls import StepObjectives, TrainingControls
-from .diagnostics import LFVIWarning, TrainingMonitor, discriminator_accuracy, pair_checks
+from .diagnostics import LFVIWarning, TrainingMonitor, pair_checks
 from .discriminator import Summary
 from .implicit import ImplicitSite, name_implicit_sites
+from .joint import JointRatioEstimator
 from .pairing import PairedJoints, pair_joints, point_log_prob
 from .ratio import RatioEstimator, frozen_weights
 from .ratio_losses import RatioLoss, log_loss, resolve_ratio_loss
@@ -403,7 +404,7 @@ class LFVI(TrainingControls, ELBO):
             vectorize_particles=vectorize_particles,
             retain_graph=retain_graph,
         )
-        self.discriminator: nn.Module | None = discriminator
+        self._discriminator_arg = discriminator
         self.hidden_sizes = hidden
         self.discriminator_name = discriminator_name
         self.history: list[dict[str, float]] = []
@@ -421,6 +422,13 @@ class LFVI(TrainingControls, ELBO):
                 f"actual num_particles={num_particles}, vectorize_particles={vectorize_particles}"
             )
         self.debug_model = debug_model
+
+    @property
+    def discriminator(self) -> nn.Module | None:
+        """The joint classifier's network, once built (None with other estimators)."""
+        if isinstance(self.estimator, JointRatioEstimator):
+            return self.estimator.discriminator
+        return None
 
     def __call__(self, model: Any, guide: Any) -> LFVIModule:  # type: ignore[override]
         return LFVIModule(model, guide, self)
@@ -459,16 +467,26 @@ class LFVI(TrainingControls, ELBO):
                     f"Expected a model that the contrastive estimator can handle, actual "
                     f"one where {reason}: use estimator='joint' (or leave the default)"
                 )
-        if self._auto_widen and self.estimator is not None:
+            else:
+                self.estimator = JointRatioEstimator(
+                    self._discriminator_arg,
+                    self.hidden_sizes,
+                    self.ratio_loss,
+                    self.discriminator_name,
+                    self.self_normalize,
+                    self.summary,
+                )
+        joint = isinstance(self.estimator, JointRatioEstimator)
+        if self._auto_widen and not joint:
             self.widen = CONTRASTIVE_WIDEN
         if self._auto_particles:
-            if self.estimator is not None:
+            if not joint:
                 # Enough simulations per step for the classifier to contrast.
                 wanted = -(-SIMULATIONS_PER_STEP // max(1, roles.num_points))
                 self.num_particles = int(min(max(wanted, 8), 256))
             else:
                 self.num_particles = 8
-        if self.estimator is not None and (self.num_particles < 2 or not self.vectorize_particles):
+        if not joint and (self.num_particles < 2 or not self.vectorize_particles):
             raise ValueError(
                 f"Expected num_particles >= 2 with vectorize_particles=True for the "
                 f"contrastive estimator (it pairs each particle's latents with another "
@@ -476,8 +494,8 @@ class LFVI(TrainingControls, ELBO):
                 f"vectorize_particles={self.vectorize_particles}; or use estimator='joint'"
             )
         if self.monitor is not None:
-            self.monitor.joint = self.estimator is None
-        if self.estimator is None and self.self_normalize and roles.num_points < 2:
+            self.monitor.joint = joint
+        if joint and self.self_normalize and roles.num_points < 2:
             warnings.warn(
                 "LFVI's joint classifier normalises its ratio over the data points of a "
                 "minibatch, and this model has one data point per step, so that is off: "
@@ -535,7 +553,7 @@ class LFVI(TrainingControls, ELBO):
                     self.contrast_draws,
                     self.point_spread,
                     self.model_params == "adversarial",
-                    allow_nonfinite=self.estimator is not None,
+                    allow_nonfinite=not isinstance(self.estimator, JointRatioEstimator),
                 )
             ]
         return [
@@ -559,25 +577,15 @@ class LFVI(TrainingControls, ELBO):
         """The ELBO estimate and every training loss of one step, averaged over particles."""
         pairs = self._pair(model, guide, args, kwargs)
         estimator = self.estimator
-        net = self._discriminator(pairs[0]) if estimator is None else None
+        assert estimator is not None
         out = StepObjectives(model_params=pairs[0].model_params)
         stats: dict[str, float] = {}
         for pair in pairs:
-            if estimator is None:
-                assert net is not None
-                logits_p, logits_t = self._training_logits(net, pair)
-                ratio_loss = self.ratio_loss(logits_p, logits_t)
-                log_ratio = self._log_ratio(net, pair)
-                with torch.no_grad():
-                    pair_stats = {
-                        "discriminator_accuracy": discriminator_accuracy(logits_p, logits_t),
-                        "mean_logit_p": float(logits_p.mean()),
-                        "mean_logit_q": float(logits_t.mean()),
-                    }
-            else:
-                result = estimator.objectives(pair, update=update)
-                ratio_loss, pair_stats = result.loss, result.stats
-                log_ratio = result.log_ratio + pair.q_offset
+            result = estimator.objectives(pair, update=update)
+            ratio_loss, pair_stats = result.loss, result.stats
+            log_ratio = result.log_ratio
+            if not estimator.includes_offsets:
+                log_ratio = log_ratio + pair.q_offset
             out.ratio_loss = out.ratio_loss + ratio_loss / len(pairs)
             scale = pair.scale.expand(log_ratio.shape)
             per_point = (scale * log_ratio).sum() / pair.num_particles
@@ -592,11 +600,10 @@ class LFVI(TrainingControls, ELBO):
                     classifier(contrast.prior), classifier(contrast.reference)
                 ) / len(pairs)
             if self.model_params == "adversarial":
-                assert net is not None
+                assert isinstance(estimator, JointRatioEstimator)
                 # KL(model || data) over the training joints, differentiated
                 # through the simulations into the simulator's parameters.
-                frozen = self._logits(net, pair, "p", detach_weights=True) + pair.p_offset
-                kl = (pair.scale.expand(frozen.shape) * frozen).sum() / pair.num_particles
+                kl = estimator.generator_loss(pair)
                 out.generator_loss = out.generator_loss + kl / len(pairs)
             # Diagnostics draw on a forked random stream: on or off, the fit is the same.
             with torch.no_grad(), torch.random.fork_rng():

@@ -10,8 +10,8 @@ guide's draws, the observations and fresh simulations of the model) into
 
 returned together as :class:`RatioObjectives` (as Pyro's ``rws.py`` returns
 its two objectives). Implementations: :class:`~pyro_lfvi.ContrastiveRatioEstimator`
-(the default, trained on simulations alone) and the paper's joint classifier
-(``LFVI(estimator="joint")``).
+(the default, trained on simulations alone) and the paper's joint classifier,
+:class:`~pyro_lfvi.JointRatioEstimator` (``LFVI(estimator="joint")``).
 """
 
 from __future__ import annotations
@@ -26,8 +26,35 @@ from pyro.params import module_from_param_with_module_name
 from torch import nn
 
 from .pairing import PairedJoints
+from .validation import DiscriminatorError
 
-__all__ = ["RatioEstimator", "RatioObjectives", "frozen_weights", "stored_module"]
+__all__ = [
+    "RatioEstimator",
+    "RatioObjectives",
+    "checked_per_point",
+    "frozen_weights",
+    "stored_module",
+]
+
+
+def checked_per_point(
+    out: object, pair: PairedJoints, network: str, note: str = ""
+) -> torch.Tensor:
+    """``out`` if it is a finite ``(P, M)`` tensor (one value per particle and data
+    point), else a :class:`~pyro_lfvi.DiscriminatorError` naming ``network``."""
+    expected = (pair.num_particles, pair.roles.num_points)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise DiscriminatorError(
+            f"Expected the {network} to return one value per data point, shape {expected} "
+            f"(particles, points), actual {shape}.{note}"
+        )
+    if not bool(torch.isfinite(out).all()):
+        raise DiscriminatorError(
+            f"The {network} returned NaN or inf; lower the learning rate or clip gradients "
+            f"(pyro.optim.ClippedAdam(clip_norm=...))"
+        )
+    return out
 
 
 def stored_module(name: str) -> bool:

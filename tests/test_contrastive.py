@@ -13,8 +13,10 @@ from pyro_lfvi import (
     ContrastiveRatioEstimator,
     DiscriminatorError,
     ImplicitSite,
+    JointRatioEstimator,
     LFVIWarning,
     ModelStructureError,
+    hinge_loss,
 )
 from pyro_lfvi.contrastive import squash
 from pyro_lfvi.examples import ConjugateNormal, HierarchicalNormal
@@ -47,7 +49,7 @@ def test_default_is_contrastive_for_explicit_locals_and_joint_for_implicit_ones(
     pyro.clear_param_store()
     elbo = LFVI()
     elbo.loss_and_grads(problem.model, problem.implicit_guide, problem.data)
-    assert elbo.estimator is None  # the paper's joint classifier
+    assert isinstance(elbo.estimator, JointRatioEstimator)  # the paper's
     assert elbo.num_particles == 8
 
 
@@ -94,7 +96,30 @@ def test_joint_only_options_select_the_joint_classifier():
     data, model, guide = small_problem()
     elbo = LFVI(ratio_loss="hinge")
     elbo.loss_and_grads(model, guide, data)
-    assert elbo.estimator is None
+    assert isinstance(elbo.estimator, JointRatioEstimator)
+    assert elbo.estimator.ratio_loss is hinge_loss
+
+
+def test_a_joint_estimator_instance_gets_the_joint_defaults():
+    data, model, guide = small_problem()
+    elbo = LFVI(estimator=JointRatioEstimator(hidden_sizes=(16,), name="mine"))
+    elbo.loss_and_grads(model, guide, data)
+    assert elbo.num_particles == 8 and elbo.widen == 5.0
+    assert elbo.discriminator is elbo.estimator.discriminator
+    assert any(name.startswith("mine$$$") for name in pyro.get_param_store())
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"discriminator": "net"}, "Expected discriminator to be a torch.nn.Module or None"),
+        ({"name": ""}, "Expected name to be a non-empty str"),
+        ({"ratio_loss": "squared"}, "ratio_loss"),
+    ],
+)
+def test_joint_estimator_arguments_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        JointRatioEstimator(**kwargs)
 
 
 def test_classifier_never_sees_the_observations():
