@@ -71,9 +71,12 @@ def pair_checks(pair: Any) -> dict[str, float]:
     """
     Per-step checks of one pairing, whatever the ratio estimator:
 
-    * ``ppc_outside``: the fraction of observed data points with a feature
-      outside the range of this step's simulations (widened by 10%): a
-      posterior predictive check, near 0 when the model can produce the data;
+    * ``ppc_outside``: the fraction of observed values (data points times
+      features) outside the range of this step's simulations, widened by 10%:
+      a posterior predictive check. When the model can produce the data it
+      stays near ``2 / (S + 1)`` for ``S`` exchangeable simulations; per
+      value rather than per point, so that a long series is not flagged for
+      one day that happens to beat every simulation;
     * ``local_sd_ratio``: the median over data points of the spread of the
       guide's local draws over the particles, divided by that of the local
       prior at the guide's globals; above 1 the local posteriors are wider
@@ -93,7 +96,7 @@ def pair_checks(pair: Any) -> dict[str, float]:
     if sims.shape[0] >= 20:
         low, high = sims.min(0).values, sims.max(0).values
         pad = 0.1 * (high - low)
-        outside = ((obs < low - pad) | (obs > high + pad)).any(-1)
+        outside = (obs < low - pad) | (obs > high + pad)
         out["ppc_outside"] = float(outside.float().mean())
     if pair.num_particles < 2:
         return out
@@ -147,7 +150,7 @@ _PAIR_RULES: list[tuple[str, float, int, str, Any]] = [
         1,
         "ppc",
         lambda v, w, n: (
-            f"posterior predictive check failed: {100 * v:.0f}% of the observed data points "
+            f"posterior predictive check failed: {100 * v:.0f}% of the observed values "
             f"lie outside the range of the model's simulations at the current guide (last {w} "
             f"steps). The model cannot reproduce the data (check the simulator, its units and "
             f"the prior with a prior predictive check), or the guide has not reached them: "

@@ -22,6 +22,7 @@ from pyro_lfvi.examples import (
     standardized_errors,
     train,
 )
+from pyro_lfvi.examples.sir import RegionalSIR
 
 SEEDS = [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)]
 
@@ -73,3 +74,36 @@ def test_sbibm_gaussian_linear_matches_exact_posterior(seed):
     pyro.set_rng_seed(seed)
     err = fit_silently(GaussianLinear(), num_steps=1500, lr=0.01, final_lr=0.0005)
     check_globals(err, ["theta"])
+
+
+def check_locals(err, fitted, exact, name):
+    assert err[name]["mean_error_sd"] < 0.5, err
+    ratio = (fitted[name][1] / exact[name][1]).median()
+    assert 0.8 < float(ratio) < 1.25, (float(ratio), err)
+
+
+SIR_SEEDS = [
+    0,
+    1,
+    pytest.param(
+        2,
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="measured log_scale sd ratio 0.79 against the target's 0.8 (mean-field "
+            "guide on a hierarchical scale; issue 8)",
+        ),
+    ),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", SIR_SEEDS)
+def test_numpy_sir_with_local_rates_matches_forward_filter(seed):
+    # 30 regions x 40 days of a chain-binomial epidemic in numpy, a local
+    # infection rate per region; exact posterior by a forward filter over the
+    # hidden infected count and quadrature over the globals.
+    pyro.set_rng_seed(seed)
+    problem = RegionalSIR()
+    err = fit_silently(problem, num_steps=3000, lr=0.02, final_lr=0.001)
+    check_globals(err, ["mu", "log_scale"])
+    check_locals(err, problem.fitted(), problem.exact(), "log_beta")
