@@ -4,11 +4,16 @@ Tolerances come from the issue "Posteriors you can trust on real simulators",
 fixed before measuring: global means within 0.5 exact sds and global sds within
 0.8-1.25x; local means with RMSE below 0.5 exact sds and a local sd ratio
 within 0.8-1.25. Seed 0 runs by default, seeds 1 and 2 with ``-m slow``.
+The hierarchical SIR and time-series examples use their ``structured_guide``
+(locals that move with the globals): a mean-field guide underestimates
+hierarchical scales even with an exact likelihood. A seed that misses a target
+is a strict ``xfail`` stating the measured figure.
 Every run must also stay free of LFVI warnings (the diagnostics' false alarms).
 The figures are reproduced by ``python benchmarks/accuracy.py``.
 """
 
 import warnings
+from types import SimpleNamespace
 
 import pyro
 import pytest
@@ -19,6 +24,7 @@ from pyro_lfvi.examples import (
     ConjugateNormal,
     GaussianLinear,
     HierarchicalNormal,
+    LocalSeries,
     standardized_errors,
     train,
 )
@@ -82,28 +88,54 @@ def check_locals(err, fitted, exact, name):
     assert 0.8 < float(ratio) < 1.25, (float(ratio), err)
 
 
-SIR_SEEDS = [
-    0,
-    1,
-    pytest.param(
-        2,
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="measured log_scale sd ratio 0.79 against the target's 0.8 (mean-field "
-            "guide on a hierarchical scale; issue 8)",
-        ),
-    ),
-]
+def fit_structured(problem, reference, **kwargs):
+    """Fit ``problem.structured_guide`` (locals that move with the globals) silently."""
+    fitting = SimpleNamespace(
+        model=problem.model, guide=problem.structured_guide, data=problem.data
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LFVIWarning)
+        train(fitting, **kwargs)
+    fitted = problem.guide_moments(problem.structured_guide)
+    return standardized_errors(fitted, reference), fitted
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", SIR_SEEDS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_numpy_sir_with_local_rates_matches_forward_filter(seed):
     # 30 regions x 40 days of a chain-binomial epidemic in numpy, a local
     # infection rate per region; exact posterior by a forward filter over the
     # hidden infected count and quadrature over the globals.
     pyro.set_rng_seed(seed)
     problem = RegionalSIR()
-    err = fit_silently(problem, num_steps=3000, lr=0.02, final_lr=0.001)
+    exact = problem.exact()
+    err, fitted = fit_structured(problem, exact, num_steps=3000, lr=0.02, final_lr=0.001)
     check_globals(err, ["mu", "log_scale"])
-    check_locals(err, problem.fitted(), problem.exact(), "log_beta")
+    check_locals(err, fitted, exact, "log_beta")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "seed",
+    [
+        0,
+        1,
+        pytest.param(
+            2,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="measured log_tau sd ratio 0.72 against the target's 0.8 (issue 8)",
+            ),
+        ),
+    ],
+)
+def test_series_with_local_coefficients_matches_nuts_on_the_explicit_twin(seed):
+    # 24 series x 30 steps x 2 observed variables, a local AR coefficient per
+    # series, 3 globals; the reference is NUTS on the same model with an
+    # explicit likelihood.
+    pyro.set_rng_seed(seed)
+    problem = LocalSeries()
+    reference = problem.reference()
+    err, fitted = fit_structured(problem, reference, num_steps=2000, lr=0.01, final_lr=0.0005)
+    check_globals(err, ["mu", "log_tau", "log_sigma"])
+    check_locals(err, fitted, reference, "a")

@@ -9,6 +9,7 @@ same model with explicit densities, on which NUTS gives the reference posterior.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyro
@@ -17,8 +18,9 @@ import torch
 from pyro.distributions import constraints
 
 from ..implicit import ImplicitSite
+from .structured import coupled_locals, gaussian_chain, guide_moments
 
-__all__ = ["LocalSeries"]
+__all__ = ["LocalSeries", "PooledSeries"]
 
 
 @dataclass
@@ -95,6 +97,31 @@ class LocalSeries:
         with pyro.plate("series", self.num_series):
             pyro.sample("a", dist.Normal(a_loc, a_scale))
 
+    def structured_guide(self, data: torch.Tensor) -> None:
+        """
+        A Gaussian guide with the posterior's dependence structure (see
+        :mod:`.structured`): full-rank on ``(mu, log tau, log sigma)``, and
+        each ``a_n`` linear in the globals' deviations. Its moments come from
+        :meth:`guide_moments`.
+        """
+        sites = [("mu", False), ("tau", True), ("sigma", True)]
+        deviation = gaussian_chain("globals", sites, (0.5, -1.6, 0.0), 0.3)
+        loc, scale = coupled_locals("a", deviation, self.num_series, 0.5, 0.3)
+        with pyro.plate("series", self.num_series):
+            pyro.sample("a", dist.Normal(loc, scale))
+
+    def guide_moments(
+        self, guide: Callable[[torch.Tensor], None], num_samples: int = 4000
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Means and sds of ``guide``'s draws, in the layout of :meth:`reference`."""
+        sites = {
+            "mu": lambda d: d["mu"],
+            "log_tau": lambda d: d["tau"].log(),
+            "log_sigma": lambda d: d["sigma"].log(),
+            "a": lambda d: d["a"],
+        }
+        return guide_moments(guide, self.data, sites, num_samples)
+
     def reference(
         self, num_samples: int = 1000, warmup: int = 500
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -122,5 +149,85 @@ class LocalSeries:
             name: (get(f"{name}_loc"), get(f"{name}_scale"))
             for name in ("mu", "log_tau", "log_sigma", "a")
         }
+
+    exact = reference
+
+
+@dataclass
+class PooledSeries:
+    r"""
+    The simulator of :class:`LocalSeries` with globals only, the paper's
+    large-N regime: ``num_series`` iid series share ``a ~ Normal(0.5, 0.3)``
+    and ``sigma ~ LogNormal(0, 0.5)``; each is a ``(length, 2)`` array of
+    states :math:`s_t = a s_{t-1} + \sigma \epsilon_t` and readings
+    :math:`s_t + 0.5 \eta_t`. Training subsamples ``batch_size`` series a step.
+    :meth:`reference` runs NUTS on :meth:`twin`, the explicit version.
+    """
+
+    num_series: int = 2000
+    length: int = 30
+    batch_size: int | None = 100
+    true_a: float = 0.5
+    true_sigma: float = 1.0
+    data: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._series = LocalSeries(num_series=1, length=self.length)
+        a = torch.full((self.num_series,), self.true_a)
+        self.data = self.simulate(a, torch.tensor(self.true_sigma))
+
+    def simulate(self, a: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The simulator of :class:`LocalSeries`: one ``(length, 2)`` series per element."""
+        return self._series.simulate(a, sigma)
+
+    def _globals(self) -> tuple[torch.Tensor, torch.Tensor]:
+        a = pyro.sample("a", dist.Normal(0.5, 0.3))
+        sigma = pyro.sample("sigma", dist.LogNormal(0.0, 0.5))
+        return a, sigma
+
+    def model(self, data: torch.Tensor) -> None:
+        a, sigma = self._globals()
+        with pyro.plate("series", self.num_series, subsample_size=self.batch_size) as idx:
+            site = ImplicitSite(self.simulate, a, sigma, event_shape=(self.length, 2))
+            pyro.sample("x", site, obs=data[idx])
+
+    def twin(self, data: torch.Tensor) -> None:
+        """The same model with an explicit likelihood (for NUTS), on all series."""
+        a, sigma = self._globals()
+        state = data[..., 0]
+        prev = torch.cat([torch.ones_like(state[..., :1]), state[..., :-1]], -1)
+        step = dist.Normal(a * prev, sigma).log_prob(state)
+        reading = dist.Normal(state, 0.5).log_prob(data[..., 1])
+        pyro.factor("x", (step + reading).sum())
+
+    def guide(self, data: torch.Tensor) -> None:
+        a_loc = pyro.param("a_loc", torch.tensor(0.5))
+        a_scale = pyro.param("a_scale", torch.tensor(0.3), constraint=constraints.positive)
+        ls_loc = pyro.param("log_sigma_loc", torch.tensor(0.0))
+        ls_scale = pyro.param("log_sigma_scale", torch.tensor(0.5), constraint=constraints.positive)
+        pyro.sample("a", dist.Normal(a_loc, a_scale))
+        pyro.sample("sigma", dist.LogNormal(ls_loc, ls_scale))
+
+    def reference(
+        self, num_samples: int = 1000, warmup: int = 500
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Posterior means and sds by NUTS on :meth:`twin` (same layout as :meth:`fitted`)."""
+        mcmc = pyro.infer.MCMC(
+            pyro.infer.NUTS(self.twin),
+            num_samples=num_samples,
+            warmup_steps=warmup,
+            disable_progbar=True,
+        )
+        with torch.random.fork_rng():
+            mcmc.run(self.data)
+        draws = mcmc.get_samples()
+        values = {"a": draws["a"], "log_sigma": draws["sigma"].log()}
+        return {k: (v.mean(0).double(), v.std(0).double()) for k, v in values.items()}
+
+    def fitted(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        def get(name: str) -> torch.Tensor:
+            return pyro.param(name).detach().double()
+
+        return {name: (get(f"{name}_loc"), get(f"{name}_scale")) for name in ("a", "log_sigma")}
 
     exact = reference

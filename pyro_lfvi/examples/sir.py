@@ -14,6 +14,7 @@ quadrature over the globals does the rest (:meth:`RegionalSIR.exact`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 from pyro.distributions import constraints
 
 from ..implicit import ImplicitSite
+from .structured import coupled_locals, gaussian_chain, guide_moments
 
 __all__ = ["RegionalSIR"]
 
@@ -124,6 +126,30 @@ class RegionalSIR:
         )
         with pyro.plate("regions", self.num_regions):
             pyro.sample("beta", dist.LogNormal(lb_loc, lb_scale))
+
+    def structured_guide(self, data: torch.Tensor) -> None:
+        """
+        A Gaussian guide with the posterior's dependence structure (see
+        :mod:`.structured`): full-rank on ``(mu, log scale)``, and each
+        region's log rate linear in the globals' deviations. Its moments come
+        from :meth:`guide_moments`.
+        """
+        sites = [("mu", False), ("scale", True)]
+        deviation = gaussian_chain("globals", sites, (math.log(0.5), math.log(0.3)), 0.5)
+        loc, scale = coupled_locals("log_beta", deviation, self.num_regions, math.log(0.5), 0.5)
+        with pyro.plate("regions", self.num_regions):
+            pyro.sample("beta", dist.LogNormal(loc, scale))
+
+    def guide_moments(
+        self, guide: Callable[[torch.Tensor], None], num_samples: int = 4000
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Means and sds of ``guide``'s draws, in the layout of :meth:`exact`."""
+        sites = {
+            "mu": lambda d: d["mu"],
+            "log_scale": lambda d: d["scale"].log(),
+            "log_beta": lambda d: d["beta"].log(),
+        }
+        return guide_moments(guide, self.data, sites, num_samples)
 
     def region_likelihoods(self, log_beta: np.ndarray) -> np.ndarray:
         """
