@@ -1,14 +1,18 @@
-"""Built-in implicit models whose exact posteriors are known.
+"""Built-in implicit models whose posteriors are known.
 
 Each example bundles synthetic data, a model whose likelihood is an
 :class:`~pyro_lfvi.ImplicitSite`, a guide, and the exact posterior of the
-explicit version of the same model, so that LFVI's answer can be checked.
+explicit version of the same model (or reference posterior samples), so that
+LFVI's answer can be checked.
 They serve the demo, the tests and the benchmarks.
 
 * :mod:`.normal`: Normal models with many observations (conjugate,
   hierarchical with local means, bimodal locals);
 * :mod:`.single`: a single observation (N = 1), the setting of ABC
   benchmarks: an AR(1) series and sbibm's ``gaussian_linear``;
+* :mod:`.sbibm`: sbibm's ``two_moons`` and ``slcp`` tasks (N = 1), whose
+  multimodal posteriors are known through sbibm's reference samples (shipped
+  in ``examples/data/``) rather than in closed form, with flow guides;
 * :mod:`.series`: time series with a local coefficient per series, two observed
   variables, and an explicit twin for NUTS.
 """
@@ -21,6 +25,7 @@ from .normal import (
     standardized_errors,
     train,
 )
+from .sbibm import SLCP, TwoMoons
 from .series import LocalSeries
 from .single import AR1Series, GaussianLinear
 
@@ -31,6 +36,8 @@ __all__ = [
     "GaussianLinear",
     "HierarchicalNormal",
     "LocalSeries",
+    "SLCP",
+    "TwoMoons",
     "decaying_adam",
     "standardized_errors",
     "train",

@@ -93,16 +93,24 @@ class GaussianLinear:
     :math:`N(x / 2, 0.05 I)`.
 
     :meth:`guide` is a mean-field Normal with the prior's moments at the start.
+    Like the tasks of :mod:`pyro_lfvi.examples.sbibm`, it offers :meth:`prior`,
+    :meth:`simulate`, :attr:`data`, :meth:`reference_samples` and
+    :meth:`guide_samples` to benchmark scripts.
     """
 
     dim: int = 10
     data: torch.Tensor = field(default_factory=lambda: torch.tensor(GAUSSIAN_LINEAR_OBSERVATION_1))
 
+    def prior(self) -> dist.TorchDistribution:
+        """The prior over the flat parameter vector, :math:`N(0, 0.1 I)`."""
+        return dist.Normal(torch.zeros(self.dim), 0.1**0.5).to_event(1)
+
     def simulate(self, theta: torch.Tensor) -> torch.Tensor:
+        """The simulator: ``(..., dim)`` parameters to ``(..., dim)`` data."""
         return theta + 0.1**0.5 * torch.randn_like(theta)
 
     def model(self, data: torch.Tensor) -> None:
-        theta = pyro.sample("theta", dist.Normal(torch.zeros(self.dim), 0.1**0.5).to_event(1))
+        theta = pyro.sample("theta", self.prior())
         site = ImplicitSite(self.simulate, theta, event_shape=(self.dim,), param_event_dims=1)
         pyro.sample("x", site, obs=data)
 
@@ -122,3 +130,12 @@ class GaussianLinear:
     def exact_samples(self, num_samples: int) -> torch.Tensor:
         mean, sd = self.exact()["theta"]
         return (mean + sd * torch.randn(num_samples, self.dim, dtype=torch.float64)).float()
+
+    def reference_samples(self, num: int) -> torch.Tensor:
+        """``(num, dim)`` exact posterior draws (the posterior is Gaussian)."""
+        return self.exact_samples(num)
+
+    def guide_samples(self, num: int) -> torch.Tensor:
+        """``(num, dim)`` draws of the fitted guide."""
+        loc, scale = self.fitted()["theta"]
+        return loc + scale * torch.randn(num, self.dim)

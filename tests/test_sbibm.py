@@ -1,0 +1,122 @@
+"""sbibm's two_moons and slcp tasks (observation 1, N = 1): C2ST of LFVI's guide.
+
+The target, fixed before measuring (issue 8): C2ST at most 0.70 against
+sbibm's reference posterior samples, seeds 0-2, with LFVI's defaults
+(``LFVI()``) and at most 10^5 simulator calls (390 steps of 256 particles).
+The guides are the tasks' flows (mirrored over the posterior's symmetries),
+trained with ClippedAdam decaying from 0.01 to 0.0005. Runs must also stay
+free of LFVI warnings. ``python benchmarks/c2st.py --task two_moons`` (or
+``--task slcp``) reproduces the figures.
+
+The defaults miss the target on both tasks, so those tests are strict
+expected failures that state the measured C2ST: they fail once LFVI reaches
+it. (Non-default settings that bring two_moons below 0.70 are in the
+docstring of :class:`pyro_lfvi.examples.TwoMoons`; they trigger a false
+LFVIWarning, so they would fail here too.)
+"""
+
+import importlib.util
+import warnings
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+from pyro_lfvi import LFVI, LFVIWarning
+from pyro_lfvi.examples import SLCP, TwoMoons, train
+
+STEPS = 390
+"""With LFVI's default 256 particles per step: 99,840 simulator calls."""
+
+
+def _seeds(measured):
+    """Seeds 0-2, each an expected failure (strict) at its measured C2ST."""
+    return [
+        pytest.param(
+            seed,
+            marks=pytest.mark.xfail(
+                strict=True,
+                raises=AssertionError,
+                reason=f"measured C2ST {score}; target 0.70; issue 8",
+            ),
+        )
+        for seed, score in enumerate(measured)
+    ]
+
+
+def _c2st():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "c2st.py"
+    spec = importlib.util.spec_from_file_location("c2st_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.c2st
+
+
+def fit_silently(problem, num_steps):
+    elbo = LFVI()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LFVIWarning)
+        train(problem, num_steps=num_steps, lr=0.01, final_lr=0.0005, elbo=elbo)
+    return elbo
+
+
+@pytest.mark.parametrize("task", [TwoMoons, SLCP])
+def test_simulator_shapes_and_reference_samples(task):
+    problem = task()
+    theta = problem.prior().sample(torch.Size([7]))
+    assert theta.shape == (7, task.dim)
+    x = problem.simulate(theta)
+    assert x.shape == (7, task.data_dim)
+    assert problem.data.shape == (task.data_dim,)
+    assert torch.isfinite(x).all()
+    reference = problem.reference_samples(5000)
+    assert reference.shape == (5000, task.dim)
+    # Inside the prior's box.
+    assert bool((reference.abs() < task.bound).all())
+    assert problem.guide_samples(3).shape == (3, task.dim)
+
+
+def test_two_moons_reference_samples_explain_the_observation():
+    # Undoing the parameters' shift must leave a point of the simulator's half
+    # ring: radius 0.1 (sd 0.01) around (0.25, 0), to the right of its centre.
+    problem = TwoMoons()
+    t1, t2 = problem.reference_samples(5000).unbind(-1)
+    shift = torch.stack([-(t1 + t2).abs(), t2 - t1], -1) / 2**0.5
+    p = problem.data - shift - torch.tensor([0.25, 0.0])
+    assert abs(float(p.norm(dim=-1).mean()) - 0.1) < 0.002
+    assert bool((p[:, 0] >= 0).all())
+
+
+def test_slcp_simulator_moments():
+    # Four draws of a bivariate Normal: mean (t1, t2), sds t3^2 and t4^2,
+    # correlation tanh(t5).
+    theta = torch.tensor([0.5, -1.0, 1.2, -0.9, 0.7])
+    x = SLCP().simulate(theta.expand(50000, 5)).reshape(-1, 2)
+    s1, s2, rho = 1.2**2, 0.9**2, torch.tanh(torch.tensor(0.7))
+    expected = torch.tensor([[s1**2, rho * s1 * s2], [rho * s1 * s2, s2**2]])
+    assert torch.allclose(x.mean(0), theta[:2], atol=0.03)
+    assert torch.allclose(torch.cov(x.T), expected, rtol=0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", _seeds(["0.929", "0.917", "0.898"]))
+def test_two_moons_c2st(seed):
+    pyro.set_rng_seed(seed)
+    problem = TwoMoons()
+    elbo = fit_silently(problem, STEPS)
+    assert STEPS * elbo.num_particles <= 100_000
+    score = _c2st()(problem.guide_samples(5000), problem.reference_samples(5000), seed)
+    assert score <= 0.70, score
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", _seeds(["0.983", "0.980", "0.981"]))
+def test_slcp_c2st(seed):
+    pyro.set_rng_seed(seed)
+    problem = SLCP()
+    elbo = fit_silently(problem, STEPS)
+    assert STEPS * elbo.num_particles <= 100_000
+    score = _c2st()(problem.guide_samples(5000), problem.reference_samples(5000), seed)
+    assert score <= 0.70, score
