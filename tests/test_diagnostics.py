@@ -168,3 +168,18 @@ def test_debug_model_arguments():
         LFVI(debug_model=3)
     with pytest.raises(ValueError, match="Expected num_particles >= 2 with vectorize_particles"):
         LFVI(num_particles=1, debug_model=lambda data: None)
+
+
+@pytest.mark.parametrize("accuracy, warns", [(0.5, True), (0.77, False)])
+def test_guide_as_wide_as_its_prior_warns_only_when_the_estimator_is_at_chance(accuracy, warns):
+    # sbibm's two_moons has a posterior as wide as its prior, and its contrastive
+    # classifier reaches 0.77: that is not an estimator that found nothing.
+    monitor = TrainingMonitor(window=10)
+    monitor.joint = False
+    entry = {"elbo": 0.0, "discriminator_loss": 0.6, "prior_sd_ratio": 0.98}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LFVIWarning)
+        for step in range(40):
+            monitor.update(step, dict(entry, discriminator_accuracy=accuracy))
+    messages = [str(w.message) for w in caught if w.category is LFVIWarning]
+    assert any("still as wide as its prior" in m for m in messages) is warns, messages
