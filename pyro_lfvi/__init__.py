@@ -1,5 +1,7 @@
 """Likelihood-free variational inference for hierarchical implicit models in Pyro."""
 
+from importlib.metadata import PackageNotFoundError, version
+
 from .checkpoint import load_checkpoint, save_checkpoint
 from .contrastive import ContrastiveRatioEstimator
 from .diagnostics import LFVIWarning, TrainingMonitor
@@ -15,7 +17,10 @@ from .ratio_losses import hinge_loss, log_loss
 from .training import fit, plot_history
 from .validation import DiscriminatorError, ModelStructureError
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("pyro-lfvi")  # one source: pyproject.toml
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "LFVI",
