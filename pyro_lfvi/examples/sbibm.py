@@ -230,8 +230,7 @@ class TwoMoons(_FlowTask):
     0.0005): with LFVI's defaults (256 particles, 390 steps) C2ST stays far
     above sbibm's 0.70 (see ``tests/test_sbibm.py``); with
     ``LFVI(num_particles=64, widen=1)``, 1,560 steps and an initial learning
-    rate of 0.03 for the ratio estimator's weights it is 0.661, 0.685, 0.629,
-    though LFVI then warns (falsely) that the guide is as wide as the prior.
+    rate of 0.03 for the ratio estimator's weights it is 0.661, 0.685, 0.629.
     The default ``widen=2`` spreads the ratio estimator's training globals
     around the particles' mean, which for a mirrored guide lies between the
     crescents.
