@@ -4,18 +4,25 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .contrastive import ContrastiveRatioEstimator
-from .diagnostics import LFVIWarning, TrainingMonitor
+from .diagnostics import TrainingMonitor
 from .discriminator import MLPDiscriminator
 from .elbo import LFVI
 from .embeddings import ConvEmbedding, DeepSetEmbedding, MLPEmbedding, default_embedding
-from .implicit import ImplicitDensityError, ImplicitSite, SimulatorError
+from .errors import (
+    CheckpointError,
+    DiscriminatorError,
+    ImplicitDensityError,
+    LFVIWarning,
+    ModelStructureError,
+    SimulatorError,
+)
+from .implicit import ImplicitSite
 from .inference_data import to_inference_data
 from .joint import JointRatioEstimator
 from .networks import NoiseNetwork
 from .ratio import RatioEstimator, RatioObjectives
 from .ratio_losses import hinge_loss, log_loss
 from .training import fit, plot_history
-from .validation import DiscriminatorError, ModelStructureError
 
 try:
     __version__ = version("pyro-lfvi")  # one source: pyproject.toml
@@ -24,6 +31,7 @@ except PackageNotFoundError:  # a source tree that was never installed
 
 __all__ = [
     "LFVI",
+    "CheckpointError",
     "ContrastiveRatioEstimator",
     "ConvEmbedding",
     "DeepSetEmbedding",

@@ -57,7 +57,7 @@ from torch import nn
 from .diagnostics import discriminator_accuracy
 from .discriminator import Summary, checked_summary, mlp
 from .embeddings import PointShape, default_embedding
-from .implicit import SimulatorError
+from .errors import DiscriminatorError, SimulatorError
 from .pairing import PairedJoints
 from .ratio import (
     RatioEstimator,
@@ -66,7 +66,7 @@ from .ratio import (
     frozen_weights,
     stored_module,
 )
-from .validation import DiscriminatorError, check_positive_int
+from .validation import check_positive_int
 
 __all__ = ["ContrastiveNetwork", "ContrastiveRatioEstimator", "squash"]
 

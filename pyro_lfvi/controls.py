@@ -18,7 +18,7 @@ import torch
 from pyro.optim import PyroOptim
 from torch import nn
 
-from .diagnostics import LFVIWarning
+from .errors import LFVIWarning
 from .global_ratio import PriorShapeClassifier
 from .joint import JointRatioEstimator
 from .pairing import PairedJoints

@@ -33,7 +33,9 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["LFVIWarning", "TrainingMonitor", "discriminator_accuracy", "pair_checks"]
+from .errors import LFVIWarning
+
+__all__ = ["TrainingMonitor", "discriminator_accuracy", "pair_checks"]
 
 CHECKS = ("nonfinite_fraction", "ppc_outside", "local_sd_ratio", "prior_sd_ratio")
 """The per-step figures of :func:`pair_checks` (and the estimator) that the monitor watches."""
@@ -47,10 +49,6 @@ joint from shuffled simulations no better than chance: only then does a guide
 as wide as its prior mean that it found no dependence of the data on the
 globals. (The data may leave a posterior as wide as the prior: sbibm's
 two_moons, whose classifier reaches 0.77.)"""
-
-
-class LFVIWarning(UserWarning):
-    """A training diagnostic: LFVI's estimates should not be trusted yet."""
 
 
 def discriminator_accuracy(

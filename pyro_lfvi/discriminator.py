@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .validation import DiscriminatorError
+from .errors import DiscriminatorError
 
 __all__ = ["MLPDiscriminator", "Summary", "checked_summary", "concat_features", "mlp"]
 

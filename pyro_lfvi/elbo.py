@@ -18,8 +18,9 @@ from torch import nn
 
 from .contrastive import ContrastiveRatioEstimator
 from .controls import StepObjectives, TrainingControls
-from .diagnostics import LFVIWarning, TrainingMonitor, pair_checks
+from .diagnostics import TrainingMonitor, pair_checks
 from .discriminator import Summary
+from .errors import LFVIWarning
 from .implicit import ImplicitSite, name_implicit_sites
 from .joint import JointRatioEstimator
 from .pairing import PairedJoints, pair_joints, point_log_prob

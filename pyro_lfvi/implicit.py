@@ -12,18 +12,12 @@ import torch
 from pyro.distributions import TorchDistribution, constraints
 from pyro.poutine.messenger import Messenger
 
-__all__ = ["ImplicitDensityError", "ImplicitSite", "SimulatorError", "name_implicit_sites"]
+from .errors import ImplicitDensityError, SimulatorError
+
+__all__ = ["ImplicitSite", "name_implicit_sites"]
 
 
 _Shape = torch.Size | list[int] | tuple[int, ...]
-
-
-class ImplicitDensityError(NotImplementedError):
-    """Raised when something asks an :class:`ImplicitSite` for a density."""
-
-
-class SimulatorError(ValueError):
-    """Raised when a simulator returns a value of the wrong shape, or NaN or inf."""
 
 
 def _as_param(value: Any) -> Any:

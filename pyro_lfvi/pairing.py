@@ -26,6 +26,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
 from .embeddings import PointShape
+from .errors import ModelStructureError
 from .global_ratio import PriorContrast, fit_moments, prior_contrast
 from .implicit import ImplicitSite, name_implicit_sites
 from .roles import (
@@ -36,7 +37,6 @@ from .roles import (
     sample_sites,
     trace_guide,
 )
-from .validation import ModelStructureError
 
 PRIOR_DRAWS = 64
 """Draws of an implicit global prior per particle and step."""

@@ -25,8 +25,8 @@ import torch
 from pyro.params import module_from_param_with_module_name
 from torch import nn
 
+from .errors import DiscriminatorError
 from .pairing import PairedJoints
-from .validation import DiscriminatorError
 
 __all__ = [
     "RatioEstimator",

@@ -17,8 +17,8 @@ from typing import Any
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from .implicit import ImplicitDensityError, ImplicitSite
-from .validation import ModelStructureError
+from .errors import ImplicitDensityError, ModelStructureError
+from .implicit import ImplicitSite
 
 __all__ = [
     "SiteRoles",

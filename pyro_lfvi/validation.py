@@ -1,4 +1,4 @@
-"""Errors and argument checks shared by the package."""
+"""Argument checks shared by the package."""
 
 from __future__ import annotations
 
@@ -6,20 +6,10 @@ import numbers
 from typing import Any
 
 __all__ = [
-    "DiscriminatorError",
-    "ModelStructureError",
     "check_nonnegative_int",
     "check_positive_int",
     "check_positive_number",
 ]
-
-
-class ModelStructureError(ValueError):
-    """Raised when a model or guide cannot be paired for LFVI (the message says why)."""
-
-
-class DiscriminatorError(ValueError):
-    """Raised when a ratio estimator returns something LFVI cannot use."""
 
 
 def check_positive_int(name: str, value: Any) -> int:
