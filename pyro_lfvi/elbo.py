@@ -12,10 +12,10 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer import ELBO
-from pyro.infer.elbo import ELBOModule
 from pyro.optim import PyroOptim
 from torch import nn
 
+from .compat import ELBOModule
 from .contrastive import ContrastiveRatioEstimator
 from .controls import StepObjectives, TrainingControls
 from .diagnostics import TrainingMonitor, pair_checks
@@ -26,7 +26,7 @@ from .joint import JointRatioEstimator
 from .pairing import PairedJoints, pair_joints, point_log_prob
 from .ratio import RatioEstimator, frozen_weights
 from .ratio_losses import RatioLoss, log_loss, resolve_ratio_loss
-from .roles import classify_sites, plate_nesting, trace_guide
+from .roles import classify_sites, plate_nesting, trace_guide, trace_model
 from .validation import (
     check_nonnegative_int,
     check_positive_int,
@@ -237,7 +237,7 @@ class LFVI(TrainingControls, ELBO):
         (default 0). Use it when the guide starts far from the posterior and
         an untrained ratio estimator would send it further away.
     :param int contrast_draws: for a local site with an explicit prior and an
-        implicit guide (e.g. a :class:`~pyro_lfvi.examples.NoiseNetwork`), the
+        implicit guide (e.g. a :class:`~pyro_lfvi.NoiseNetwork`), the
         number of extra guide draws per step to which a Normal is fitted per
         data point; its log density stands in for the unknown
         :math:`\log q(z_n \mid x_n, \beta)` in the known part of the ratio,
@@ -408,6 +408,9 @@ class LFVI(TrainingControls, ELBO):
         self._discriminator_arg = discriminator
         self.hidden_sizes = hidden
         self.discriminator_name = discriminator_name
+        #: One dict per training step: the ELBO estimate (``elbo``), the ratio
+        #: estimator's loss (``discriminator_loss``) and accuracy, and the figures
+        #: that the diagnostics watch; :func:`~pyro_lfvi.plot_history` draws it.
         self.history: list[dict[str, float]] = []
         self.monitor: TrainingMonitor | None = TrainingMonitor() if diagnostics else None
         if callback is not None and not callable(callback):
@@ -450,10 +453,8 @@ class LFVI(TrainingControls, ELBO):
             return
         # A side run: it must not consume the random stream (resumed runs).
         with poutine.block(), torch.random.fork_rng():
-            g = trace_guide(name_implicit_sites()(guide), args, kwargs)
-            m = poutine.trace(poutine.replay(name_implicit_sites()(model), trace=g)).get_trace(
-                *args, **kwargs
-            )
+            g = trace_guide(name_implicit_sites(guide), args, kwargs)
+            m = trace_model(name_implicit_sites(model), g, args, kwargs)
         if self.max_plate_nesting == float("inf"):
             self.max_plate_nesting = plate_nesting(g, m) + 1
         roles = classify_sites(m, g, None)

@@ -10,11 +10,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from pyro.distributions import TorchDistribution, constraints
-from pyro.poutine.messenger import Messenger
 
-from .errors import ImplicitDensityError, SimulatorError
+from .compat import Messenger
+from .errors import ImplicitDensityError, ModelStructureError, SimulatorError
 
-__all__ = ["ImplicitSite", "name_implicit_sites"]
+__all__ = ["ImplicitSite", "NameImplicitSitesMessenger", "name_implicit_sites", "observed_value"]
 
 
 _Shape = torch.Size | list[int] | tuple[int, ...]
@@ -191,10 +191,23 @@ class ImplicitSite(TorchDistribution):
 
     def _simulate(self, sample_shape: torch.Size) -> torch.Tensor:
         params = self._broadcast_params(sample_shape)
-        if self.vectorized:
-            value = self.simulator(*params)
-        else:
-            value = self._simulate_each(params, sample_shape)
+        try:
+            if self.vectorized:
+                value = self.simulator(*params)
+            else:
+                value = self._simulate_each(params, sample_shape)
+        except SimulatorError:
+            raise
+        except Exception as err:
+            shapes = [
+                tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__ for p in params
+            ]
+            raise SimulatorError(
+                f"The simulator of {self._describe()} raised {type(err).__name__}: {err} "
+                f"(called with parameters {shapes}"
+                f"{'' if self.vectorized else ', one batch element at a time'}). Fix the "
+                f"simulator; if it takes one parameter set at a time, pass vectorized=False"
+            ) from err
         return self._check_value(value, sample_shape)
 
     def _simulate_each(self, params: list[Any], sample_shape: torch.Size) -> Any:
@@ -216,7 +229,14 @@ class ImplicitSite(TorchDistribution):
 
     def _to_tensor(self, value: Any) -> torch.Tensor:
         if not isinstance(value, torch.Tensor):
-            value = torch.as_tensor(np.asarray(value))
+            array = np.asarray(value)
+            if array.dtype.kind not in "biuf":
+                raise SimulatorError(
+                    f"Expected the simulator of {self._describe()} to return a tensor or "
+                    f"numpy array of numbers, actual {type(value).__name__}"
+                    f"{'' if array.dtype.kind != 'O' else ' (an object array)'}"
+                )
+            value = torch.as_tensor(array)
         if value.is_floating_point() and value.dtype != torch.get_default_dtype():
             ref = next((p for p in self.params if isinstance(p, torch.Tensor)), None)
             dtype = ref.dtype if ref is not None and ref.is_floating_point() else None
@@ -248,10 +268,12 @@ class ImplicitSite(TorchDistribution):
         return value
 
     def sample(self, sample_shape: _Shape = ()) -> torch.Tensor:
+        """Run the simulator without gradients: ``sample_shape + batch_shape + event_shape``."""
         with torch.no_grad():
             return self._simulate(torch.Size(sample_shape))
 
     def rsample(self, sample_shape: _Shape = ()) -> torch.Tensor:
+        """Run the simulator with gradients to its parameters (needs ``reparameterized=True``)."""
         if not self.reparameterized:
             raise NotImplementedError(
                 f"{self._describe()} has no rsample: its simulator was not declared "
@@ -261,6 +283,7 @@ class ImplicitSite(TorchDistribution):
         return self._simulate(torch.Size(sample_shape))
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Raise :class:`~pyro_lfvi.ImplicitDensityError`: a simulator has no density."""
         raise ImplicitDensityError(
             f"{self._describe()} is implicit: a simulator with no density, so "
             f"log_prob cannot be evaluated. Losses such as Trace_ELBO need densities; "
@@ -279,14 +302,18 @@ class ImplicitSite(TorchDistribution):
         )
 
 
-class name_implicit_sites(Messenger):
+class NameImplicitSitesMessenger(Messenger):
     """
-    Handler that tells each :class:`ImplicitSite` the name of its sample site,
-    so that simulator errors name the site. It never changes a value.
+    Tells each :class:`ImplicitSite` the name of its sample site, so that
+    simulator errors name the site, and checks the observed value of each
+    implicit site: lists, numpy arrays, integers and booleans become tensors of
+    the default float dtype, and a value whose shape does not fit the site's
+    batch and event shapes is refused, naming the site. It never changes a
+    latent value.
 
     :param bool allow_nonfinite: let simulators return NaN or inf (LFVI's
         simulation side drops such rows from the ratio estimator's training)
-        instead of raising :class:`SimulatorError`.
+        instead of raising :class:`~pyro_lfvi.SimulatorError`.
     """
 
     def __init__(self, allow_nonfinite: bool = False) -> None:
@@ -295,10 +322,75 @@ class name_implicit_sites(Messenger):
 
     def _pyro_sample(self, msg: Any) -> None:
         fn = msg["fn"]
-        if isinstance(fn, ImplicitSite) and (
-            fn.site_name != msg["name"] or fn.allow_nonfinite != self.allow_nonfinite
-        ):
+        if not isinstance(fn, ImplicitSite):
+            return
+        if fn.site_name != msg["name"] or fn.allow_nonfinite != self.allow_nonfinite:
             fn = copy.copy(fn)
             fn.site_name = msg["name"]
             fn.allow_nonfinite = self.allow_nonfinite
             msg["fn"] = fn
+        if msg["is_observed"]:
+            msg["value"] = observed_value(msg["name"], msg["value"], fn)
+
+
+def name_implicit_sites(fn: Callable[..., Any] | None = None, allow_nonfinite: bool = False) -> Any:
+    """
+    Handler of :class:`NameImplicitSitesMessenger`, in the form of Pyro's own
+    handlers: ``name_implicit_sites(model)`` wraps a callable,
+    ``name_implicit_sites()`` returns the messenger.
+
+    :param callable fn: the model or guide to wrap, if any.
+    :param bool allow_nonfinite: see :class:`NameImplicitSitesMessenger`.
+    """
+    messenger = NameImplicitSitesMessenger(allow_nonfinite)
+    return messenger if fn is None else messenger(fn)
+
+
+def observed_value(name: str, value: Any, fn: ImplicitSite) -> torch.Tensor:
+    """
+    The observed value of implicit site ``name`` as a tensor of the default
+    float dtype, checked against the site's batch and event shapes.
+
+    :raises ModelStructureError: for a value that is empty, not numeric, or
+        whose shape does not fit the site.
+    """
+    if not isinstance(value, torch.Tensor):
+        try:
+            value = torch.as_tensor(np.asarray(value))
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ModelStructureError(
+                f"Expected the observed value of site '{name}' to be a tensor, numpy "
+                f"array or list of numbers, actual {type(value).__name__}"
+            ) from err
+    if value.dtype != torch.get_default_dtype():
+        if value.is_complex():
+            raise ModelStructureError(
+                f"Expected real observed values at site '{name}', actual {value.dtype}"
+            )
+        value = value.to(torch.get_default_dtype())
+    if value.numel() == 0:
+        raise ModelStructureError(
+            f"Expected at least one observed value at site '{name}', actual an empty "
+            f"tensor of shape {tuple(value.shape)}"
+        )
+    expected = fn.batch_shape + fn.event_shape
+    try:
+        fits = torch.broadcast_shapes(value.shape, expected) == expected
+    except RuntimeError:
+        fits = False
+    if not fits:
+        batch = tuple(fn.batch_shape)[-1:]
+        hint = (
+            f"; if each data point is a vector of {tuple(value.shape[len(batch) :])}, "
+            f"pass event_shape={tuple(value.shape[len(batch) :])} to ImplicitSite"
+            if value.dim() > len(batch) and tuple(value.shape[: len(batch)]) == batch
+            else "; check that the data plate's size is the number of data points "
+            "(and that a subsampled plate's indices select the observations)"
+        )
+        raise ModelStructureError(
+            f"Expected the observed value of site '{name}' to have shape "
+            f"{tuple(expected)} (batch_shape {tuple(fn.batch_shape)} from its plates "
+            f"and parameters + event_shape {tuple(fn.event_shape)}), actual "
+            f"{tuple(value.shape)}{hint}"
+        )
+    return value

@@ -9,8 +9,8 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 
+from .compat import site_is_subsample
 from .implicit import name_implicit_sites
 from .roles import classify_sites, plate_nesting
 from .validation import check_positive_int
@@ -191,8 +191,8 @@ def to_inference_data(
     """
     num_samples = check_positive_int("num_samples", num_samples)
     num_chains = check_positive_int("num_chains", num_chains)
-    model_n = name_implicit_sites()(model)
-    guide_n = name_implicit_sites()(guide)
+    model_n = name_implicit_sites(model)
+    guide_n = name_implicit_sites(guide)
     with poutine.block():
         g0 = poutine.trace(guide_n).get_trace(*args, **kwargs)
         m0 = poutine.trace(poutine.replay(model_n, trace=g0)).get_trace(*args, **kwargs)

@@ -22,9 +22,9 @@ from typing import Any, cast
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
+from .compat import site_is_subsample
 from .embeddings import PointShape
 from .errors import ModelStructureError
 from .global_ratio import PriorContrast, fit_moments, prior_contrast
@@ -36,6 +36,7 @@ from .roles import (
     frame_names,
     sample_sites,
     trace_guide,
+    trace_model,
 )
 
 PRIOR_DRAWS = 64
@@ -95,7 +96,12 @@ class PairedJoints:
 
 
 def _to_rows(value: torch.Tensor, fn: Any, site: Any, lead: list[str | None]) -> torch.Tensor:
-    """Move the plate dims named in ``lead`` to the front, flatten the rest."""
+    """
+    Move the plate dims named in ``lead`` to the front, flatten the rest, in
+    the default float dtype (the ratio estimator's networks use it, whatever
+    dtype the data, the guide's parameters or the simulator came in).
+    """
+    value = value.to(torch.get_default_dtype())
     event_dim = len(getattr(fn, "event_shape", ()))
     shape = torch.Size(getattr(fn, "batch_shape", value.shape[: value.dim() - event_dim]))
     full = value.expand(shape + value.shape[value.dim() - event_dim :])
@@ -326,9 +332,9 @@ def pair_joints(
     :param bool allow_nonfinite: let the p-side simulations contain NaN or
         inf (the ratio estimator drops those rows).
     """
-    guide_trace = trace_guide(name_implicit_sites()(guide), args, kwargs)
-    model_fn = name_implicit_sites()(model)
-    q_trace = poutine.trace(poutine.replay(model_fn, trace=guide_trace)).get_trace(*args, **kwargs)
+    guide_trace = trace_guide(name_implicit_sites(guide), args, kwargs)
+    model_fn = name_implicit_sites(model)
+    q_trace = trace_model(model_fn, guide_trace, args, kwargs)
     roles = classify_sites(q_trace, guide_trace, particle_plate)
     check_globals(q_trace, guide_trace, roles)
 
@@ -352,7 +358,7 @@ def pair_joints(
     # The p-side carries gradients only to the model's own parameters, and
     # only when they are trained adversarially.
     with torch.set_grad_enabled(model_grad and torch.is_grad_enabled()):
-        p_model = name_implicit_sites(allow_nonfinite)(model)
+        p_model = name_implicit_sites(model, allow_nonfinite=allow_nonfinite)
         p_trace = poutine.trace(
             poutine.uncondition(poutine.replay(p_model, trace=globals_only))
         ).get_trace(*args, **kwargs)
@@ -360,7 +366,7 @@ def pair_joints(
         t_trace = guide_trace
         if wide and roles.local:
             # The guide's locals at the widened globals, on the same minibatch.
-            conditioned = poutine.condition(name_implicit_sites()(guide), data=wide)
+            conditioned = poutine.condition(name_implicit_sites(guide), data=wide)
             t_trace = poutine.trace(poutine.replay(conditioned, trace=subsample_only)).get_trace(
                 *args, **kwargs
             )

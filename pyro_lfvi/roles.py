@@ -8,15 +8,15 @@ globals, and traces a guide with errors that say what to change.
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 
+from .compat import duplicate_site_name, plate_shape_mismatch, site_is_subsample, zero_size_plate
 from .errors import ImplicitDensityError, ModelStructureError
 from .implicit import ImplicitSite
 
@@ -28,6 +28,7 @@ __all__ = [
     "plate_nesting",
     "sample_sites",
     "trace_guide",
+    "trace_model",
 ]
 
 
@@ -150,14 +151,129 @@ def trace_guide(guide: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[s
             f"AutoMultivariateNormal, AutoIAFNormal or AutoDelta for the globals, and "
             f"AutoGuideList to add a hand-written local guide"
         ) from err
+    except (ValueError, ZeroDivisionError) as err:
+        explain_trace_error(err, guide, args, kwargs)
+        raise
     except RuntimeError as err:
-        found = re.match(r"Multiple sample sites named '([^']*)'", str(err))
-        if found is None:
+        name = duplicate_site_name(err)
+        if name is None:
             raise
-        name = found.group(1)
         raise ModelStructureError(
             f"The guide has two sample sites named '{name}'. If '{name}' is a plate: "
             f"AutoGuideList opens the model's plates itself, so a hand-written part must "
             f"enter the list's own plate (with guide.plates['{name}'] as idx: ...) "
             f"instead of opening a new pyro.plate"
         ) from err
+
+
+def trace_model(
+    model: Callable[..., Any], guide_trace: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Trace the model with the guide's values replayed, explaining shape errors."""
+    try:
+        return poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    except (ValueError, ZeroDivisionError) as err:
+        explain_trace_error(err, model, args, kwargs, guide_trace)
+        raise
+
+
+def explain_trace_error(
+    err: BaseException,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    guide_trace: Any = None,
+) -> None:
+    """
+    Raise a :class:`~pyro_lfvi.ModelStructureError` in place of Pyro's error
+    for a plate of size zero or a site that does not fit its plate, naming
+    the likely cause; return (so the caller re-raises) for any other error.
+    """
+    if zero_size_plate(err):
+        raise ModelStructureError(
+            "A plate has size zero: there are no data points. Pass at least one "
+            "observation (a single one without a plate, or in a plate of size 1)"
+        ) from err
+    prior = _prior_trace(fn, args, kwargs) if guide_trace is not None else None
+    outside = _guide_values_outside_support(prior, guide_trace)
+    if outside:
+        raise ModelStructureError(
+            f"The guide's values of {', '.join(outside)} lie outside the support of the "
+            f"model's prior there, so the model failed on them ({type(err).__name__}: "
+            f"{str(err).splitlines()[0]}). Use a guide distribution with the prior's "
+            f"support (e.g. LogNormal for a positive site, or an autoguide, which "
+            f"transforms to the support)"
+        ) from err
+    found = plate_shape_mismatch(err)
+    if found is None:
+        return
+    causes = []
+    if prior is not None:
+        mismatched = _guide_shapes_unlike_prior(prior, guide_trace)
+        if mismatched:
+            causes.append(
+                "the guide's values have other shapes than the model's draws: "
+                + ", ".join(mismatched)
+                + "; give the guide's sites the model's shapes"
+            )
+    causes.append(
+        "if a parameter of an ImplicitSite is a vector per draw (a vector global "
+        "fed to the simulator, for instance), pass param_event_dims=1 so that "
+        "its last dim belongs to one draw rather than to the batch"
+    )
+    raise ModelStructureError(
+        f"Site '{found.site}' does not fit plate '{found.plate}': its batch shape has "
+        f"{found.site_size} at dim {found.dim} where the plate has {found.plate_size}. "
+        + _sentence("; or ".join(causes))
+    ) from err
+
+
+def _prior_trace(model: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A side run of the model from its prior (None if that fails too)."""
+    try:
+        with poutine.block(), torch.random.fork_rng():
+            return poutine.trace(poutine.uncondition(model)).get_trace(*args, **kwargs)
+    except Exception:  # the model fails without the guide too: nothing to compare
+        return None
+
+
+def _guide_sites(prior: Any, guide_trace: Any) -> list[tuple[str, Any, Any]]:
+    """(name, guide site, model site) for each latent both traces share."""
+    if prior is None or guide_trace is None:
+        return []
+    return [
+        (name, site, prior.nodes[name])
+        for name, site in guide_trace.nodes.items()
+        if site["type"] == "sample" and name in prior.nodes and not site_is_subsample(site)
+    ]
+
+
+def _guide_values_outside_support(prior: Any, guide_trace: Any) -> list[str]:
+    """'name' for each guide value outside the support of the model's distribution."""
+    out = []
+    for name, site, model_site in _guide_sites(prior, guide_trace):
+        fn = model_site["fn"]
+        if isinstance(fn, ImplicitSite) or not hasattr(fn, "support"):
+            continue
+        try:
+            inside = bool(fn.support.check(torch.as_tensor(site["value"])).all())
+        except (RuntimeError, ValueError, NotImplementedError):  # shapes differ
+            continue
+        if not inside:
+            out.append(f"'{name}' ({fn.support})")
+    return out
+
+
+def _guide_shapes_unlike_prior(prior: Any, guide_trace: Any) -> list[str]:
+    """'name guide (a,) vs model (b,)' for each guide site shaped unlike the model's draw."""
+    out = []
+    for name, site, model_site in _guide_sites(prior, guide_trace):
+        q_shape = tuple(torch.as_tensor(site["value"]).shape)
+        p_shape = tuple(torch.as_tensor(model_site["value"]).shape)
+        if q_shape != p_shape:
+            out.append(f"'{name}' guide {q_shape} vs model {p_shape}")
+    return out
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]

@@ -1,8 +1,8 @@
 """An optional training loop with a progress bar, and a plot of the training curves.
 
 The plain ``for step in range(n): svi.step(data)`` loop stays first-class:
-:func:`fit` only adds a progress bar showing the ELBO estimate and the
-discriminator's accuracy, and :func:`plot_history` draws ``LFVI.history``.
+:func:`~pyro_lfvi.fit` only adds a progress bar showing the ELBO estimate and the
+discriminator's accuracy, and :func:`~pyro_lfvi.plot_history` draws ``LFVI.history``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .compat import elbo_of
 from .validation import check_positive_int
 
 __all__ = ["fit", "plot_history"]
@@ -42,8 +43,7 @@ def fit(
     :rtype: list of float
     """
     num_steps = check_positive_int("num_steps", num_steps)
-    history = getattr(getattr(svi, "loss", None), "__self__", None)
-    history = getattr(history, "history", None)
+    history = getattr(elbo_of(svi), "history", None)
     losses: list[float] = []
     bar = tqdm(range(num_steps), disable=not progress, unit="step", desc="LFVI")
     for step in bar:

@@ -158,4 +158,4 @@ def test_constructor_errors():
 def pyro_lfvi_named(fn):
     from pyro_lfvi.implicit import name_implicit_sites
 
-    return name_implicit_sites()(fn)
+    return name_implicit_sites(fn)
