@@ -1,76 +1,502 @@
-"""Saving and resuming LFVI training exactly where it stopped."""
+"""Saving and resuming LFVI training exactly where it stopped, safely.
+
+A checkpoint holds only tensors and plain data (dicts, lists, tuples, str,
+int, float, bool, None), so :func:`load_checkpoint` reads it with
+``torch.load(path, weights_only=True)``: a file holding anything else, such as
+a pickle crafted to run code when loaded, is refused before anything is
+restored.
+"""
 
 from __future__ import annotations
 
+import inspect
 import os
+import pickle
 import random
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Mapping
+from functools import cache
+from typing import Any, NoReturn
 
 import numpy as np
 import pyro
+import pyro.distributions.constraints as pyro_constraints
 import torch
+import torch.distributions.constraints as torch_constraints
+from torch import nn
+
+from .diagnostics import TrainingMonitor
+from .errors import CheckpointError
 
 __all__ = ["load_checkpoint", "save_checkpoint"]
 
+FORMAT = "pyro_lfvi.checkpoint"
+"""The value of a checkpoint's ``"format"`` key."""
+VERSION = 1
+"""The layout version that :func:`save_checkpoint` writes and :func:`load_checkpoint` reads."""
 
-def save_checkpoint(path: str | os.PathLike[str], optim: Any, lfvi: Any = None) -> None:
+_KEYS = ("format", "version", "params", "constraints", "optim", "lfvi", "rng", "generators")
+_LFVI_KEYS = ("history", "monitor", "max_plate_nesting", "discriminator_optim")
+_RNG_KEYS = ("torch", "numpy", "python")
+_SCALARS = (str, int, float, bool, type(None))
+_NDARRAY = "__ndarray__"  # tags a numpy array stored as plain data
+_CONSTRAINT = "__constraint__"  # tags a constraint among another constraint's arguments
+
+# Pyro's param store keeps a torch constraint object per parameter. Those are
+# stored as plain data and rebuilt on load, rather than allow-listing their
+# classes for the unpickler with torch.serialization.safe_globals: a named
+# constraint (``constraints.positive``) comes back as the very same object,
+# which pyro relies on for ``constraints.real``, and the unpickler keeps
+# accepting nothing but tensors and plain data, whatever classes torch or pyro
+# add later. Any other constraint of torch or pyro is stored as its class
+# name and its constructor's arguments.
+_CONSTRAINT_MODULES = {"torch": torch_constraints, "pyro": pyro_constraints}
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    optim: Any,
+    lfvi: Any = None,
+    *,
+    generators: Mapping[str, np.random.Generator] | None = None,
+) -> None:
     """
     Save everything a resumed run needs to continue as if never stopped: the
-    param store (guide and discriminator weights), the optimiser's state,
-    LFVI's own state (history, diagnostics, max plate nesting, the
-    discriminator's own optimiser) and the random
-    number generators of torch, numpy and Python.
+    param store (guide and discriminator weights, with their constraints),
+    the optimiser's state, LFVI's own state (history, diagnostics, max plate
+    nesting, the discriminator's own optimiser), the random number generators
+    of torch, numpy (the global legacy one) and Python, and the state of any
+    numpy :class:`~numpy.random.Generator` passed in ``generators``.
+
+    The file holds only tensors and plain data, so that
+    :func:`load_checkpoint` can read it with ``torch.load(...,
+    weights_only=True)``.
+
+    A simulator that owns a numpy ``Generator`` (``rng =
+    np.random.default_rng(seed)`` drawing ``rng.normal(...)``) is resumable bit
+    for bit only if its generator is passed here and to
+    :func:`load_checkpoint` under the same name (or if the simulator draws its
+    seeds from torch's generator, which is always saved). Simulators that use
+    ``torch`` or numpy's global ``np.random`` functions need nothing.
 
     Example::
 
-        save_checkpoint("run.pt", optim, elbo)
-        ...  # later, in a new process, after building model, guide, optim, elbo
-        load_checkpoint("run.pt", optim, elbo)
+        rng = np.random.default_rng(0)  # the simulator draws rng.normal(...)
+        save_checkpoint("run.pt", optim, elbo, generators={"simulator": rng})
+        ...  # later, in a new process, after building model, guide, optim, elbo, rng
+        load_checkpoint("run.pt", optim, elbo, generators={"simulator": rng})
 
     :param path: file to write.
+    :type path: str or os.PathLike
     :param optim: the :class:`pyro.optim.PyroOptim` given to ``SVI``.
+    :type optim: pyro.optim.PyroOptim
     :param lfvi: the :class:`~pyro_lfvi.LFVI` instance, if any.
+    :type lfvi: ~pyro_lfvi.LFVI or None
+    :param generators: numpy generators to save, by name.
+    :type generators: Mapping[str, numpy.random.Generator] or None
+    :raises CheckpointError: if a param's constraint is not one of torch's or
+        pyro's, or some state is not tensors and plain data.
     """
+    named = _check_generators(generators)
+    store = pyro.get_param_store().get_state()
     state = {
-        "params": pyro.get_param_store().get_state(),
+        "format": FORMAT,
+        "version": VERSION,
+        "params": dict(store["params"]),
+        "constraints": {
+            name: _encode_constraint(constraint, name)
+            for name, constraint in store["constraints"].items()
+        },
         "optim": optim.get_state(),
         "lfvi": _lfvi_state(lfvi),
         "rng": {
             "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
+            "numpy": _numpy_to_plain(np.random.get_state(legacy=False)),
             "python": random.getstate(),
         },
+        "generators": {
+            name: _numpy_to_plain(rng.bit_generator.state) for name, rng in named.items()
+        },
     }
+    _check_plain(state, "the checkpoint")
     torch.save(state, path)
 
 
-def load_checkpoint(path: str | os.PathLike[str], optim: Any, lfvi: Any = None) -> None:
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    optim: Any,
+    lfvi: Any = None,
+    *,
+    generators: Mapping[str, np.random.Generator] | None = None,
+) -> None:
     """
     Restore a checkpoint written by :func:`save_checkpoint` into the param
-    store, ``optim`` and ``lfvi``, and restore the random number generators.
+    store, ``optim`` and ``lfvi``, restore the random number generators of
+    torch, numpy and Python, and set each generator in ``generators`` (in
+    place) to its saved state.
+
+    The file is read with ``torch.load(path, weights_only=True)``, which
+    unpickles nothing but tensors and plain data; its whole content is checked
+    before anything is restored, so a refused checkpoint leaves the param
+    store, ``optim``, ``lfvi`` and every random number generator as they were.
+
+    A simulator that owns a numpy ``Generator`` resumes bit for bit when the
+    same generator object (or a new one built the same way) is passed here
+    under the name it was saved with; see :func:`save_checkpoint`.
+
+    :param path: file to read.
+    :type path: str or os.PathLike
+    :param optim: the :class:`pyro.optim.PyroOptim` given to ``SVI``.
+    :type optim: pyro.optim.PyroOptim
+    :param lfvi: the :class:`~pyro_lfvi.LFVI` instance, if any.
+    :type lfvi: ~pyro_lfvi.LFVI or None
+    :param generators: numpy generators to restore, by the names they were
+        saved under.
+    :type generators: Mapping[str, numpy.random.Generator] or None
+    :raises CheckpointError: if the file holds objects other than tensors and
+        plain data (it may come from an untrusted source), was not written by
+        this version of :func:`save_checkpoint`, or does not match the run
+        (e.g. other generator names).
     """
-    state = torch.load(path, weights_only=False)
-    pyro.get_param_store().set_state(state["params"])
-    optim.set_state(state["optim"])
-    if lfvi is not None and state["lfvi"] is not None:
-        lfvi.history = list(state["lfvi"]["history"])
-        lfvi.monitor = state["lfvi"]["monitor"]
-        lfvi.max_plate_nesting = state["lfvi"]["max_plate_nesting"]
-        if lfvi.discriminator_optim is not None and state["lfvi"]["discriminator_optim"]:
-            lfvi.discriminator_optim.set_state(state["lfvi"]["discriminator_optim"])
-    torch.set_rng_state(state["rng"]["torch"])
-    np.random.set_state(state["rng"]["numpy"])
-    random.setstate(state["rng"]["python"])
+    named = _check_generators(generators)
+    try:
+        state = torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"Refusing to load checkpoint {os.fspath(path)!r}: it holds objects other than "
+            f"tensors and plain data, which pyro_lfvi.save_checkpoint never writes. It may "
+            f"come from an untrusted source, and unpickling it could run arbitrary code; "
+            f"nothing was restored."
+        ) from err
+    restore = _Restore(path, state, lfvi, named)
+    restore.apply(optim, lfvi, named)
+
+
+class _Restore:
+    """A checkpoint's content, checked whole and converted before anything is restored."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        state: Any,
+        lfvi: Any,
+        generators: dict[str, np.random.Generator],
+    ) -> None:
+        self.path = os.fspath(path)
+        if not isinstance(state, dict) or not _is_str(state.get("format"), FORMAT):
+            self._fail(f"it is not a pyro_lfvi checkpoint (no 'format': {FORMAT!r})")
+        if "version" not in state:
+            self._fail("it has no format 'version'")
+        version = state["version"]
+        if type(version) is not int or version != VERSION:
+            self._fail(f"its format version is {version!r}, expected {VERSION}")
+        missing = [key for key in _KEYS if key not in state]
+        if missing:
+            self._fail(f"it lacks the key(s) {missing}")
+        self.params, self.constraints = self._params(state["params"], state["constraints"])
+        self.optim = self._dict(state["optim"], "'optim'")
+        self.lfvi = self._lfvi(state["lfvi"]) if lfvi is not None else None
+        self.rng = self._rng(state["rng"])
+        self.generators = self._generators(state["generators"], generators)
+
+    def _fail(self, problem: str, err: BaseException | None = None) -> NoReturn:
+        raise CheckpointError(
+            f"Cannot load checkpoint {self.path!r}: {problem}. It was not written by this "
+            f"version of pyro_lfvi.save_checkpoint, is damaged, or comes from an untrusted "
+            f"source; nothing was restored."
+        ) from err
+
+    def _dict(self, value: Any, where: str) -> dict[Any, Any]:
+        if not isinstance(value, dict):
+            self._fail(f"its {where} is a {type(value).__name__}, expected a dict")
+        return value
+
+    def _params(
+        self, params: Any, constraints: Any
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        params = self._dict(params, "'params'")
+        constraints = self._dict(constraints, "'constraints'")
+        for name, value in params.items():
+            if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+                self._fail(f"its param {name!r} is not a tensor named by a str")
+        if set(constraints) != set(params):
+            self._fail(
+                f"its 'constraints' name {sorted(map(str, constraints))}, but its 'params' "
+                f"name {sorted(params)}"
+            )
+        decoded = {}
+        for name, code in constraints.items():
+            try:
+                decoded[name] = _decode_constraint(code)
+            except Exception as err:  # whatever a constructor raises on bad arguments
+                self._fail(f"the constraint of param {name!r} cannot be rebuilt ({err})", err)
+        return params, decoded
+
+    def _lfvi(self, state: Any) -> dict[str, Any]:
+        if state is None:
+            self._fail(
+                "it was saved without an LFVI object (save_checkpoint(path, optim)); load it "
+                "with load_checkpoint(path, optim), without the LFVI object"
+            )
+        state = self._dict(state, "'lfvi'")
+        missing = [key for key in _LFVI_KEYS if key not in state]
+        if missing:
+            self._fail(f"its 'lfvi' lacks the key(s) {missing}")
+        history = state["history"]
+        if not isinstance(history, list) or not all(isinstance(e, dict) for e in history):
+            self._fail("its LFVI history is not a list of dicts")
+        monitor = None
+        if state["monitor"] is not None:
+            monitor = TrainingMonitor()
+            try:
+                monitor.load_state_dict(self._dict(state["monitor"], "LFVI monitor"))
+            except (TypeError, ValueError, KeyError) as err:
+                self._fail(f"its LFVI monitor cannot be restored ({err})", err)
+        nesting = state["max_plate_nesting"]
+        if isinstance(nesting, bool) or not isinstance(nesting, (int, float)):
+            self._fail(f"its LFVI max_plate_nesting is {nesting!r}, expected a number")
+        discriminator_optim = state["discriminator_optim"]
+        if discriminator_optim is not None:
+            self._dict(discriminator_optim, "LFVI discriminator_optim")
+        return {
+            "history": [dict(entry) for entry in history],
+            "monitor": monitor,
+            "max_plate_nesting": nesting,
+            "discriminator_optim": discriminator_optim,
+        }
+
+    def _rng(self, state: Any) -> dict[str, Any]:
+        state = self._dict(state, "'rng'")
+        missing = [key for key in _RNG_KEYS if key not in state]
+        if missing:
+            self._fail(f"its 'rng' lacks the key(s) {missing}")
+        # Each state is tried on a scratch generator, so that a bad one fails here.
+        try:
+            torch.Generator().set_state(state["torch"])
+        except (TypeError, ValueError, RuntimeError) as err:
+            self._fail(f"its torch RNG state is not valid ({err})", err)
+        numpy_state = None
+        try:
+            numpy_state = _plain_to_numpy(state["numpy"])
+            np.random.RandomState(_global_bit_generator_type()()).set_state(numpy_state)
+        except (TypeError, ValueError, KeyError, AttributeError) as err:
+            self._fail(f"its numpy RNG state is not valid ({err})", err)
+        try:
+            random.Random().setstate(state["python"])
+        except (TypeError, ValueError) as err:
+            self._fail(f"its Python RNG state is not valid ({err})", err)
+        return {"torch": state["torch"], "numpy": numpy_state, "python": state["python"]}
+
+    def _generators(self, saved: Any, generators: dict[str, np.random.Generator]) -> dict[str, Any]:
+        saved = self._dict(saved, "'generators'")
+        if set(saved) != set(generators):
+            unsaved = sorted(set(generators) - set(saved))
+            unloaded = sorted(map(str, set(saved) - set(generators)))
+            raise CheckpointError(
+                f"Cannot load checkpoint {self.path!r}: its numpy generators do not match "
+                f"generators=: "
+                + "; ".join(
+                    [f"{name!r} was not saved in it" for name in unsaved]
+                    + [f"{name!r} was saved but not passed" for name in unloaded]
+                )
+                + ". Pass the same names to save_checkpoint and load_checkpoint; nothing was "
+                "restored."
+            )
+        states = {}
+        for name, rng in generators.items():
+            kind = type(rng.bit_generator)
+            try:
+                states[name] = _plain_to_numpy(saved[name])
+                kind().state = states[name]  # a scratch generator of the same kind
+            except (TypeError, ValueError, KeyError, AttributeError) as err:
+                raise CheckpointError(
+                    f"Cannot load checkpoint {self.path!r}: its state of numpy generator "
+                    f"{name!r} does not fit the {kind.__name__} generator passed under that "
+                    f"name ({err}); nothing was restored."
+                ) from err
+        return states
+
+    def apply(self, optim: Any, lfvi: Any, generators: dict[str, np.random.Generator]) -> None:
+        """Restore everything (the checks are done: nothing here raises on bad content)."""
+        pyro.get_param_store().set_state({"params": self.params, "constraints": self.constraints})
+        optim.set_state(self.optim)
+        if lfvi is not None and self.lfvi is not None:
+            lfvi.history = self.lfvi["history"]
+            lfvi.monitor = self.lfvi["monitor"]
+            lfvi.max_plate_nesting = self.lfvi["max_plate_nesting"]
+            if lfvi.discriminator_optim is not None and self.lfvi["discriminator_optim"]:
+                lfvi.discriminator_optim.set_state(self.lfvi["discriminator_optim"])
+        torch.set_rng_state(self.rng["torch"])
+        np.random.set_state(self.rng["numpy"])
+        random.setstate(self.rng["python"])
+        for name, rng in generators.items():
+            rng.bit_generator.state = self.generators[name]
+
+
+def _is_str(value: Any, expected: str) -> bool:
+    return isinstance(value, str) and value == expected
 
 
 def _lfvi_state(lfvi: Any) -> dict[str, Any] | None:
     if lfvi is None:
         return None
     return {
-        "history": list(lfvi.history),
-        "monitor": lfvi.monitor,
+        "history": [dict(entry) for entry in lfvi.history],
+        "monitor": lfvi.monitor.state_dict() if lfvi.monitor is not None else None,
         "max_plate_nesting": lfvi.max_plate_nesting,
         "discriminator_optim": (
             lfvi.discriminator_optim.get_state() if lfvi.discriminator_optim is not None else None
         ),
     }
+
+
+def _check_generators(
+    generators: Mapping[str, np.random.Generator] | None,
+) -> dict[str, np.random.Generator]:
+    if generators is None:
+        return {}
+    if not isinstance(generators, Mapping):
+        raise CheckpointError(
+            f"Expected generators to be a mapping from names to numpy.random.Generator, "
+            f"actual {type(generators).__name__}"
+        )
+    for name, rng in generators.items():
+        if not isinstance(name, str) or not isinstance(rng, np.random.Generator):
+            raise CheckpointError(
+                f"Expected generators to map str names to numpy.random.Generator, actual "
+                f"{name!r}: {type(rng).__name__}"
+            )
+    return dict(generators)
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Raise unless ``value`` is what ``torch.load(weights_only=True)`` reads as is."""
+    if type(value) in _SCALARS or type(value) in (torch.Tensor, nn.Parameter):
+        return
+    if type(value) in (dict, OrderedDict):
+        for key, item in value.items():
+            if type(key) not in _SCALARS:
+                raise CheckpointError(
+                    f"Cannot save a checkpoint: {where} has a key of type {type(key).__name__}; "
+                    f"a checkpoint holds only tensors and plain data"
+                )
+            _check_plain(item, f"{where}[{key!r}]")
+        return
+    if type(value) in (list, tuple):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+        return
+    raise CheckpointError(
+        f"Cannot save a checkpoint: {where} is a {type(value).__name__}, which "
+        f"torch.load(weights_only=True) refuses; a checkpoint holds only tensors and plain data "
+        f"(dicts, lists, tuples, str, int, float, bool, None)"
+    )
+
+
+def _numpy_to_plain(value: Any) -> Any:
+    """Numpy RNG states as plain data: arrays become tagged dicts of Python ints."""
+    if isinstance(value, np.ndarray):
+        return {_NDARRAY: value.dtype.str, "shape": list(value.shape), "data": value.tolist()}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {key: _numpy_to_plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_numpy_to_plain(item) for item in value)
+    return value
+
+
+def _plain_to_numpy(value: Any) -> Any:
+    if isinstance(value, dict) and _NDARRAY in value:
+        dtype = np.dtype(value[_NDARRAY])
+        if dtype.kind not in "biuf":
+            raise ValueError(f"unexpected array dtype {dtype}")
+        return np.asarray(value["data"], dtype=dtype).reshape(value["shape"])
+    if isinstance(value, dict):
+        return {key: _plain_to_numpy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain_to_numpy(item) for item in value]
+    return value
+
+
+def _global_bit_generator_type() -> type:
+    """The kind of bit generator behind numpy's global ``np.random`` functions."""
+    get = getattr(np.random, "get_bit_generator", None)  # numpy >= 1.25
+    return type(get()) if get is not None else np.random.MT19937
+
+
+@cache
+def _named_constraints() -> dict[str, Any]:
+    """pyro's (and so torch's) module-level constraint objects, by name."""
+    return {
+        name: obj
+        for name in sorted(dir(pyro_constraints))
+        if isinstance(obj := getattr(pyro_constraints, name), torch_constraints.Constraint)
+    }
+
+
+def _encode_constraint(constraint: Any, param: str) -> dict[str, Any]:
+    """A torch or pyro constraint as plain data (see ``_CONSTRAINT_MODULES``)."""
+    for name, obj in _named_constraints().items():
+        if obj is constraint:
+            return {"name": name}
+    cls = type(constraint)
+    module = next(
+        (
+            key
+            for key, mod in _CONSTRAINT_MODULES.items()
+            if cls.__module__ == mod.__name__ and getattr(mod, cls.__name__, None) is cls
+        ),
+        None,
+    )
+    names = [
+        p.name
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"
+    ]
+    # Only constraints whose attributes are exactly their constructor's arguments
+    # can be rebuilt from those arguments.
+    if module is None or sorted(vars(constraint)) != sorted(names):
+        raise CheckpointError(
+            f"Cannot save the constraint {constraint!r} of param {param!r}: a checkpoint "
+            f"stores constraints as plain data, which works for the constraints of "
+            f"torch.distributions.constraints and pyro.distributions.constraints only"
+        )
+    args = {name: _encode_argument(getattr(constraint, name), param) for name in names}
+    return {"class": cls.__name__, "module": module, "args": args}
+
+
+def _encode_argument(value: Any, param: str) -> Any:
+    if isinstance(value, torch_constraints.Constraint):
+        return {_CONSTRAINT: _encode_constraint(value, param)}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_encode_argument(item, param) for item in value)
+    return value
+
+
+def _decode_constraint(code: Any) -> Any:
+    if not isinstance(code, dict):
+        raise TypeError(f"expected a dict, actual {type(code).__name__}")
+    if set(code) == {"name"}:
+        if code["name"] not in _named_constraints():
+            raise ValueError(f"unknown constraint name {code['name']!r}")
+        return _named_constraints()[code["name"]]
+    if set(code) != {"class", "module", "args"}:
+        raise ValueError(f"unexpected keys {sorted(map(str, code))}")
+    if code["module"] not in _CONSTRAINT_MODULES:
+        raise ValueError(f"unknown constraint module {code['module']!r}")
+    cls = getattr(_CONSTRAINT_MODULES[code["module"]], str(code["class"]), None)
+    if not (isinstance(cls, type) and issubclass(cls, torch_constraints.Constraint)):
+        raise ValueError(f"{code['module']} has no constraint class {code['class']!r}")
+    args = code["args"]
+    if not isinstance(args, dict) or not all(isinstance(key, str) for key in args):
+        raise ValueError("expected the constraint's arguments as a dict by name")
+    return cls(**{name: _decode_argument(value) for name, value in args.items()})
+
+
+def _decode_argument(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {_CONSTRAINT}:
+        return _decode_constraint(value[_CONSTRAINT])
+    if isinstance(value, (list, tuple)):
+        return type(value)(_decode_argument(item) for item in value)
+    return value

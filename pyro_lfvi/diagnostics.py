@@ -242,6 +242,86 @@ class TrainingMonitor:
         self.joint = True
         self._checks: dict[str, list[float]] = {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """
+        The monitor's settings and everything it has recorded, as plain data
+        (dicts, lists, str, float, bool, None) that ``torch.load(...,
+        weights_only=True)`` accepts; :meth:`load_state_dict` restores it.
+
+        :rtype: dict
+        """
+        return {
+            "window": self.window,
+            "saturation": self.saturation,
+            "chance_band": self.chance_band,
+            "moving_sds": self.moving_sds,
+            "spread_factor": self.spread_factor,
+            "warned": sorted(self.warned),
+            "elbo": list(self._elbo),
+            "acc": list(self._acc),
+            "centre": [list(c) for c in self._centre],
+            "spread": [list(s) for s in self._spread],
+            "best_median": self._best_median,
+            "best_mad": self._best_mad,
+            "joint": self.joint,
+            "checks": {key: list(values) for key, values in self._checks.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """
+        Restore what :meth:`state_dict` returned. The state is checked whole
+        before anything is assigned, so a bad one leaves the monitor as it was.
+
+        :param dict state: a :meth:`state_dict`.
+        :raises ValueError: if a key is missing or a value has the wrong type.
+        """
+        missing = [key for key in self.state_dict() if key not in state]
+        if missing:
+            raise ValueError(
+                f"Expected a TrainingMonitor state with keys {sorted(self.state_dict())}, "
+                f"actual one missing {missing}"
+            )
+        try:
+            window = state["window"]
+            if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+                raise ValueError(f"Expected the window to be an int >= 1, actual {window!r}")
+            numbers = {
+                key: float(state[key])
+                for key in ("saturation", "chance_band", "moving_sds", "spread_factor", "best_mad")
+            }
+            # The constructor checks the settings (a ValueError for bad ones).
+            type(self)(
+                window=window,
+                saturation=numbers["saturation"],
+                chance_band=numbers["chance_band"],
+                moving_sds=numbers["moving_sds"],
+                spread_factor=numbers["spread_factor"],
+            )
+            warned = {str(kind) for kind in state["warned"]}
+            elbo = [float(v) for v in state["elbo"]]
+            acc = [float(v) for v in state["acc"]]
+            centre = [[float(v) for v in row] for row in state["centre"]]
+            spread = [[float(v) for v in row] for row in state["spread"]]
+            best = state["best_median"]
+            best_median = None if best is None else float(best)
+            joint = state["joint"]
+            checks = {str(k): [float(v) for v in vs] for k, vs in state["checks"].items()}
+        except (TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f"Expected a TrainingMonitor state of plain numbers: {err}") from err
+        if not isinstance(joint, bool):
+            raise ValueError(f"Expected the state's 'joint' to be a bool, actual {joint!r}")
+        self.window = window
+        self.saturation = numbers["saturation"]
+        self.chance_band = numbers["chance_band"]
+        self.moving_sds = numbers["moving_sds"]
+        self.spread_factor = numbers["spread_factor"]
+        self.warned = warned
+        self._elbo, self._acc = elbo, acc
+        self._centre, self._spread = centre, spread
+        self._best_median, self._best_mad = best_median, numbers["best_mad"]
+        self.joint = joint
+        self._checks = checks
+
     def _warn(self, kind: str, message: str) -> None:
         if kind not in self.warned:
             self.warned.add(kind)
