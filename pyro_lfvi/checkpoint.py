@@ -93,7 +93,7 @@ def save_checkpoint(
     :param lfvi: the :class:`~pyro_lfvi.LFVI` instance, if any.
     :type lfvi: ~pyro_lfvi.LFVI or None
     :param generators: numpy generators to save, by name.
-    :type generators: Mapping[str, numpy.random.Generator] or None
+    :type generators: mapping[str, numpy.random.Generator] or None
     :raises CheckpointError: if a param's constraint is not one of torch's or
         pyro's, or some state is not tensors and plain data.
     """
@@ -152,7 +152,7 @@ def load_checkpoint(
     :type lfvi: ~pyro_lfvi.LFVI or None
     :param generators: numpy generators to restore, by the names they were
         saved under.
-    :type generators: Mapping[str, numpy.random.Generator] or None
+    :type generators: mapping[str, numpy.random.Generator] or None
     :raises CheckpointError: if the file holds objects other than tensors and
         plain data (it may come from an untrusted source), was not written by
         this version of :func:`save_checkpoint`, or does not match the run
