@@ -209,8 +209,18 @@ class ContrastiveRatioEstimator(RatioEstimator):
 
     Example::
 
-        elbo = LFVI(estimator=ContrastiveRatioEstimator(num_contrasts=4))
-        svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), elbo)
+        >>> import pyro
+        >>> from pyro_lfvi import LFVI, ContrastiveRatioEstimator
+        >>> from pyro_lfvi.examples import ConjugateNormal
+        >>> pyro.set_rng_seed(0)
+        >>> pyro.clear_param_store()
+        >>> problem = ConjugateNormal()  # model, guide and data
+        >>> elbo = LFVI(estimator=ContrastiveRatioEstimator(num_contrasts=4))
+        >>> optim = pyro.optim.Adam({"lr": 0.01})
+        >>> svi = pyro.infer.SVI(problem.model, problem.guide, optim, elbo)
+        >>> loss = svi.step(problem.data)
+        >>> 0.0 <= elbo.history[-1]["discriminator_accuracy"] <= 1.0
+        True
 
     It needs explicit local priors and guides (their log densities enter the
     ELBO exactly) and at least two vectorised particles (the product of
@@ -220,7 +230,7 @@ class ContrastiveRatioEstimator(RatioEstimator):
     :param embedding: a module for the single observed site, or a dict of
         modules by site name, mapping standardised data points
         ``(B, *point_shape)`` to ``(B, k)``; default chosen from the data's
-        shape (:func:`~pyro_lfvi.embeddings.default_embedding`).
+        shape (:func:`~pyro_lfvi.default_embedding`).
     :type embedding: torch.nn.Module or dict or None
     :param hidden_sizes: hidden widths of the classifier head (default
         ``(64, 64)``).
@@ -254,8 +264,8 @@ class ContrastiveRatioEstimator(RatioEstimator):
         Dustin Tran, Rajesh Ranganath, David M. Blei (NIPS 2017)
     [2] `Likelihood-free MCMC with Amortized Approximate Ratio Estimators`, Joeri
         Hermans, Volodimir Begy, Gilles Louppe (ICML 2020)
-    [3] `Towards Reliable Simulation-Based Inference with Balanced Neural Ratio
-        Estimation`, Arnaud Delaunoy et al. (NeurIPS 2022)
+    [3] `Towards Reliable Simulation-Based Inference with Balanced Neural Ratio Estimation`,
+        Arnaud Delaunoy et al. (NeurIPS 2022)
     """
 
     def __init__(

@@ -119,21 +119,32 @@ class LFVI(TrainingControls, ELBO):
 
     Example::
 
-        def model(x):
-            mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
-            with pyro.plate("data", len(x), subsample_size=100) as i:
-                pyro.sample("x", ImplicitSite(lambda m: m + torch.randn_like(m), mu),
-                            obs=x[i])
-
-        def guide(x):
-            loc = pyro.param("loc", torch.tensor(0.0))
-            scale = pyro.param("scale", torch.tensor(1.0),
-                               constraint=constraints.positive)
-            pyro.sample("mu", dist.Normal(loc, scale))
-
-        svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), LFVI())
-        for step in range(2000):
-            svi.step(x)
+        >>> import math
+        >>> import pyro
+        >>> import pyro.distributions as dist
+        >>> import torch
+        >>> from pyro.distributions import constraints
+        >>> from pyro.infer import SVI
+        >>> from pyro_lfvi import LFVI, ImplicitSite
+        >>> pyro.set_rng_seed(0)
+        >>> pyro.clear_param_store()
+        >>> x = 3.0 + torch.randn(500)
+        >>> def model(x):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        ...     with pyro.plate("data", len(x), subsample_size=100) as i:
+        ...         pyro.sample("x", ImplicitSite(lambda m: m + torch.randn_like(m), mu),
+        ...                     obs=x[i])
+        >>> def guide(x):
+        ...     loc = pyro.param("loc", torch.tensor(0.0))
+        ...     scale = pyro.param("scale", torch.tensor(1.0),
+        ...                        constraint=constraints.positive)
+        ...     pyro.sample("mu", dist.Normal(loc, scale))
+        >>> elbo = LFVI()
+        >>> svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), elbo)
+        >>> for step in range(3):  # a few thousand steps to converge
+        ...     loss = svi.step(x)
+        >>> math.isfinite(loss), len(elbo.history)
+        (True, 3)
 
     **How the ratio is estimated.** When every local site has an explicit
     prior and an explicit guide density, their log densities enter the logit

@@ -22,6 +22,7 @@ Each module maps a batch of standardised data points ``(B, *point_shape)`` to
 References
 
 [1] `Deep Sets`, Manzil Zaheer et al. (NeurIPS 2017)
+
 [2] `Automatic Posterior Transformation for Likelihood-Free Inference`, David
     Greenberg, Marcel Nonnenmacher, Jakob Macke (ICML 2019): embedding networks
     trained jointly with the estimator, as in the ``sbi`` package.

@@ -49,13 +49,23 @@ class ImplicitSite(TorchDistribution):
 
     Example::
 
-        def simulate(loc):
-            return loc + torch.randn_like(loc)
-
-        def model(x):
-            mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
-            with pyro.plate("data", len(x)):
-                pyro.sample("x", ImplicitSite(simulate, mu), obs=x)
+        >>> import pyro
+        >>> import pyro.distributions as dist
+        >>> import torch
+        >>> from pyro_lfvi import ImplicitSite
+        >>> def simulate(loc):
+        ...     return loc + torch.randn_like(loc)
+        >>> def model(x):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        ...     with pyro.plate("data", len(x)):
+        ...         pyro.sample("x", ImplicitSite(simulate, mu), obs=x)
+        >>> site = ImplicitSite(simulate, torch.zeros(3))
+        >>> site.sample((2,)).shape
+        torch.Size([2, 3])
+        >>> site.log_prob(torch.zeros(3))
+        Traceback (most recent call last):
+            ...
+        pyro_lfvi.errors.ImplicitDensityError: ...
 
     :param callable simulator: a vectorised function of the parameters that
         draws its own noise.

@@ -174,8 +174,23 @@ def to_inference_data(
 
     Example::
 
-        idata = to_inference_data(model, guide, data, num_samples=1000, lfvi=elbo)
-        az.summary(idata, var_names=["mu"])
+        >>> import pyro
+        >>> from pyro_lfvi import LFVI, fit, to_inference_data
+        >>> from pyro_lfvi.examples import ConjugateNormal
+        >>> pyro.set_rng_seed(0)
+        >>> pyro.clear_param_store()
+        >>> problem = ConjugateNormal()  # model, guide and data
+        >>> elbo = LFVI()
+        >>> svi = pyro.infer.SVI(problem.model, problem.guide, pyro.optim.Adam({"lr": 0.01}), elbo)
+        >>> losses = fit(svi, problem.data, num_steps=3, progress=False)
+        >>> idata = to_inference_data(problem.model, problem.guide, problem.data,
+        ...                           num_samples=100, num_chains=2, lfvi=elbo)
+        >>> idata.posterior["mu"].shape  # (chain, draw)
+        (2, 100)
+        >>> idata.sample_stats["elbo"].shape  # one entry per training step
+        (3,)
+
+    ``arviz.summary(idata, var_names=["mu"])`` then tabulates the posterior.
 
     :param callable model: the model (with :class:`~pyro_lfvi.ImplicitSite` sites).
     :param callable guide: the fitted guide.

@@ -60,7 +60,18 @@ class JointRatioEstimator(RatioEstimator):
 
     Example::
 
-        elbo = LFVI(estimator=JointRatioEstimator(hidden_sizes=(32, 32)))
+        >>> import pyro
+        >>> from pyro_lfvi import LFVI, JointRatioEstimator, MLPDiscriminator
+        >>> from pyro_lfvi.examples import ConjugateNormal
+        >>> pyro.set_rng_seed(0)
+        >>> pyro.clear_param_store()
+        >>> problem = ConjugateNormal()  # model, guide and data
+        >>> elbo = LFVI(estimator=JointRatioEstimator(hidden_sizes=(32, 32)))
+        >>> optim = pyro.optim.Adam({"lr": 0.01})
+        >>> svi = pyro.infer.SVI(problem.model, problem.guide, optim, elbo)
+        >>> loss = svi.step(problem.data)  # builds the discriminator
+        >>> isinstance(elbo.discriminator, MLPDiscriminator)
+        True
 
     :param discriminator: your own network, with ``forward(observed, local,
         global_)`` returning ``(P, M)`` logits; default an

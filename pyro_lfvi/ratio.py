@@ -78,14 +78,14 @@ def frozen_weights(net: nn.Module) -> Iterator[None]:
 
 @dataclass
 class RatioObjectives:
-    """What a ratio estimator returns for one :class:`PairedJoints`.
+    """What a ratio estimator returns for one :class:`~pyro_lfvi.pairing.PairedJoints`.
 
     :ivar torch.Tensor log_ratio: ``(P, M)``, the estimated
         :math:`\\log p(x_n \\mid z_n, \\beta)` up to a function of
         :math:`x_n` alone, plus whatever part of the local ratio the estimator
         learns; LFVI adds the known local offsets ``pair.q_offset``.
     :ivar torch.Tensor loss: the estimator's own training loss (a scalar).
-    :ivar dict stats: per-step figures for :attr:`LFVI.history`.
+    :ivar dict stats: per-step figures for :attr:`~pyro_lfvi.LFVI.history`.
     """
 
     log_ratio: torch.Tensor

@@ -31,8 +31,17 @@ def fit(
 
     Example::
 
-        svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), LFVI())
-        losses = fit(svi, data, num_steps=2000)
+        >>> import pyro
+        >>> from pyro_lfvi import LFVI, fit
+        >>> from pyro_lfvi.examples import ConjugateNormal
+        >>> pyro.set_rng_seed(0)
+        >>> pyro.clear_param_store()
+        >>> problem = ConjugateNormal()  # model, guide and data
+        >>> optim = pyro.optim.Adam({"lr": 0.01})
+        >>> svi = pyro.infer.SVI(problem.model, problem.guide, optim, LFVI())
+        >>> losses = fit(svi, problem.data, num_steps=3, progress=False)  # 2,000 in practice
+        >>> len(losses)
+        3
 
     :param svi: a :class:`pyro.infer.SVI` (any object with ``step``).
     :param args: arguments of the model and guide.

@@ -274,7 +274,7 @@ class BimodalLocals:
     ``z_n`` is unknown, so its posterior has two modes near :math:`\pm x_n`.
 
     :meth:`guide` is a Normal local guide (one mode at most);
-    :meth:`implicit_guide` a :class:`NoiseNetwork` fed with ``x_n`` and
+    :meth:`implicit_guide` a :class:`~pyro_lfvi.NoiseNetwork` fed with ``x_n`` and
     ``log tau``. :meth:`exact` computes the exact posterior on grids (``z``
     integrated out per point for ``tau``, then each local marginal as a
     mixture over ``tau``), and :meth:`local_wasserstein` the 1-Wasserstein

@@ -6,10 +6,10 @@ each task is inlined, and the first 5,000 of sbibm's reference posterior
 samples for it ship in ``pyro_lfvi/examples/data/`` (see the README there).
 
 Every task class here, and :class:`~pyro_lfvi.examples.GaussianLinear`, offers
-the same interface to benchmark scripts: :meth:`prior` (a distribution over
-the flat parameter vector), :meth:`simulate` (``(num, dim)`` parameters to
-``(num, dx)`` data), the observation :attr:`data` (shape ``(dx,)``),
-:meth:`reference_samples` and :meth:`guide_samples` (``(num, dim)`` draws of
+the same interface to benchmark scripts: ``prior`` (a distribution over
+the flat parameter vector), ``simulate`` (``(num, dim)`` parameters to
+``(num, dx)`` data), the observation ``data`` (shape ``(dx,)``),
+``reference_samples`` and ``guide_samples`` (``(num, dim)`` draws of
 the reference posterior and of the fitted guide).
 
 Both posteriors are multimodal, so the guides are normalising flows
@@ -219,11 +219,11 @@ class TwoMoons(_FlowTask):
     ``num_transforms`` spline couplings
     (:func:`~pyro.distributions.transforms.spline_coupling`, hidden widths
     ``hidden_dims``) in the unconstrained space of the prior's box, mirrored
-    (``mirror=True``, :class:`Mirrored`) over the reflection that leaves the
-    posterior unchanged: the flow fits one crescent and the mirror adds the
-    other. Trained by the reverse KL, an unmirrored flow settles on one
-    crescent (C2ST 0.755, seed 0, 1,500 steps of LFVI's defaults: 3.8 x 10^5
-    simulator calls).
+    (``mirror=True``, :class:`~pyro_lfvi.examples.sbibm.Mirrored`) over the
+    reflection that leaves the posterior unchanged: the flow fits one crescent
+    and the mirror adds the other. Trained by the reverse KL, an unmirrored
+    flow settles on one crescent (C2ST 0.755, seed 0, 1,500 steps of LFVI's
+    defaults: 3.8 x 10^5 simulator calls).
 
     Measured by ``benchmarks/c2st.py --task two_moons`` (observation 1, at
     most 10^5 simulator calls, seeds 0-2; ClippedAdam decaying from 0.01 to
@@ -283,8 +283,8 @@ class SLCP(_FlowTask):
     with learned location and scale through ``num_transforms`` spline
     couplings (:func:`~pyro.distributions.transforms.spline_coupling`, hidden
     widths ``hidden_dims``) in the unconstrained space of the prior's box,
-    mirrored (``mirror=True``, :class:`Mirrored`) over the four sign flips
-    that leave the posterior unchanged.
+    mirrored (``mirror=True``, :class:`~pyro_lfvi.examples.sbibm.Mirrored`)
+    over the four sign flips that leave the posterior unchanged.
 
     Measured by ``benchmarks/c2st.py --task slcp`` (observation 1, at most
     10^5 simulator calls): C2ST stays far above sbibm's 0.70 with LFVI's

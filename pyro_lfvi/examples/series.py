@@ -3,8 +3,9 @@
 Each of ``num_series`` series has its own autoregressive coefficient (a local
 latent); population location and scale of those coefficients and the process
 noise are global. Two variables are observed per time step: the state and a
-noisy reading of it. The model's likelihood is a simulator; :meth:`twin` is the
-same model with explicit densities, on which NUTS gives the reference posterior.
+noisy reading of it. The model's likelihood is a simulator;
+:meth:`~pyro_lfvi.examples.LocalSeries.twin` is the same model with explicit
+densities, on which NUTS gives the reference posterior.
 """
 
 from __future__ import annotations
