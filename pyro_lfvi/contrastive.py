@@ -66,7 +66,7 @@ from .ratio import (
     frozen_weights,
     stored_module,
 )
-from .validation import check_positive_int
+from .validation import check_positive_int, check_sizes
 
 __all__ = ["ContrastiveNetwork", "ContrastiveRatioEstimator", "squash"]
 
@@ -294,9 +294,7 @@ class ContrastiveRatioEstimator(RatioEstimator):
                         f"{type(module).__name__}"
                     )
         self.embedding = embedding
-        self.hidden_sizes = tuple(
-            check_positive_int("each of hidden_sizes", h) for h in hidden_sizes
-        )
+        self.hidden_sizes = check_sizes("hidden_sizes", hidden_sizes)
         self.num_contrasts = check_positive_int("num_contrasts", num_contrasts)
         if not (isinstance(momentum, float | int) and 0.0 < float(momentum) <= 1.0):
             raise ValueError(f"Expected momentum in (0, 1], actual {momentum!r}")

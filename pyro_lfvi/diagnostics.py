@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import LFVIWarning
+from .validation import check_positive_int, check_positive_number
 
 __all__ = ["TrainingMonitor", "discriminator_accuracy", "pair_checks"]
 
@@ -227,11 +228,17 @@ class TrainingMonitor:
         moving_sds: float = 3.0,
         spread_factor: float = 4.0,
     ) -> None:
-        self.window = window
-        self.saturation = saturation
-        self.chance_band = chance_band
-        self.moving_sds = moving_sds
-        self.spread_factor = spread_factor
+        self.window = check_positive_int("window", window)
+        if not 0.5 < check_positive_number("saturation", saturation) <= 1.0:
+            raise ValueError(f"Expected saturation in (0.5, 1], actual {saturation!r}")
+        self.saturation = float(saturation)
+        if not 0.0 < check_positive_number("chance_band", chance_band) < 0.5:
+            raise ValueError(f"Expected chance_band in (0, 0.5), actual {chance_band!r}")
+        self.chance_band = float(chance_band)
+        self.moving_sds = check_positive_number("moving_sds", moving_sds)
+        if check_positive_number("spread_factor", spread_factor) <= 1.0:
+            raise ValueError(f"Expected spread_factor > 1, actual {spread_factor!r}")
+        self.spread_factor = float(spread_factor)
         self.warned: set[str] = set()
         self._elbo: list[float] = []
         self._acc: list[float] = []

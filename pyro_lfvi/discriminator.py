@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .errors import DiscriminatorError
+from .validation import check_positive_int, check_sizes
 
 __all__ = ["MLPDiscriminator", "Summary", "checked_summary", "concat_features", "mlp"]
 
@@ -109,9 +110,8 @@ class MLPDiscriminator(nn.Module):
     ) -> None:
         super().__init__()
         self.summary = summary
-        if input_size < 1:
-            raise ValueError(f"Expected input_size >= 1, actual {input_size}")
-        self.net = mlp(input_size, hidden_sizes, activation)
+        input_size = check_positive_int("input_size", input_size)
+        self.net = mlp(input_size, check_sizes("hidden_sizes", hidden_sizes), activation)
         # Row 0: location, row 1: scale. A parameter (never trained: it is
         # detached in forward) so that Pyro's param store saves it.
         self.standardization = nn.Parameter(

@@ -31,6 +31,7 @@ from .validation import (
     check_nonnegative_int,
     check_positive_int,
     check_positive_number,
+    check_sizes,
 )
 
 __all__ = ["LFVI"]
@@ -346,6 +347,30 @@ class LFVI(TrainingControls, ELBO):
             )
             if given
         ]
+        if estimator == "contrastive" and self._joint_options:
+            raise ValueError(
+                f"Expected no options of the joint classifier with estimator='contrastive', "
+                f"actual {', '.join(self._joint_options)}: drop them, or use "
+                f"estimator='joint'"
+            )
+        if isinstance(estimator, RatioEstimator):
+            ignored = [
+                name
+                for name, given in (
+                    ("discriminator", discriminator is not None),
+                    ("hidden_sizes", tuple(hidden_sizes) != (64, 64)),
+                    ("ratio_loss", ratio_loss != "log"),
+                    ("self_normalize", not self_normalize),
+                    ("summary", summary is not None),
+                )
+                if given
+            ]
+            if ignored:
+                raise ValueError(
+                    f"Expected the estimator's own options on the estimator object, actual "
+                    f"{', '.join(ignored)} given to LFVI as well, where a given estimator "
+                    f"would ignore them: pass them to {type(estimator).__name__}(...)"
+                )
         self._is_setup = False
         self.discriminator_steps = check_nonnegative_int("discriminator_steps", discriminator_steps)
         self.warmup_steps = check_nonnegative_int("warmup_steps", warmup_steps)
@@ -397,9 +422,7 @@ class LFVI(TrainingControls, ELBO):
                 f"Expected discriminator to be a torch.nn.Module or None, actual "
                 f"{type(discriminator).__name__}"
             )
-        hidden = tuple(hidden_sizes)
-        for width in hidden:
-            check_positive_int("each of hidden_sizes", width)
+        hidden = check_sizes("hidden_sizes", hidden_sizes)
         if not isinstance(discriminator_name, str) or not discriminator_name:
             raise ValueError(
                 f"Expected discriminator_name to be a non-empty str, actual {discriminator_name!r}"

@@ -31,9 +31,12 @@ References
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+
+from .validation import check_positive_int
 
 __all__ = [
     "SMALL",
@@ -87,6 +90,7 @@ class MLPEmbedding(nn.Module):
 
     def __init__(self, in_size: int, out_size: int, hidden: int = 64) -> None:
         super().__init__()
+        in_size, out_size, hidden = _sizes(in_size=in_size, out_size=out_size, hidden=hidden)
         self.out_size = out_size
         self.net = nn.Sequential(
             nn.Linear(in_size, hidden), nn.ELU(), nn.Linear(hidden, hidden), nn.ELU()
@@ -105,6 +109,7 @@ class ConvEmbedding(nn.Module):
 
     def __init__(self, channels: int, out_size: int, hidden: int = 32) -> None:
         super().__init__()
+        channels, out_size, hidden = _sizes(channels=channels, out_size=out_size, hidden=hidden)
         self.out_size = out_size
         self.conv = nn.Sequential(
             nn.Conv1d(channels, hidden, 5, padding=2),
@@ -124,6 +129,9 @@ class DeepSetEmbedding(nn.Module):
 
     def __init__(self, element_size: int, out_size: int, hidden: int = 64) -> None:
         super().__init__()
+        element_size, out_size, hidden = _sizes(
+            element_size=element_size, out_size=out_size, hidden=hidden
+        )
         self.out_size = out_size
         self.phi = nn.Sequential(
             nn.Linear(element_size, hidden), nn.ELU(), nn.Linear(hidden, hidden), nn.ELU()
@@ -147,3 +155,8 @@ def default_embedding(point: PointShape) -> nn.Module:
     if size <= SMALL:
         return nn.Identity()
     return MLPEmbedding(size, min(WIDE, size))
+
+
+def _sizes(**sizes: Any) -> list[int]:
+    """The given layer sizes as ints >= 1, or a ValueError naming the first bad one."""
+    return [check_positive_int(name, value) for name, value in sizes.items()]

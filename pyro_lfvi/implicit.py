@@ -13,6 +13,7 @@ from pyro.distributions import TorchDistribution, constraints
 
 from .compat import Messenger
 from .errors import ImplicitDensityError, ModelStructureError, SimulatorError
+from .validation import check_nonnegative_int, check_shape
 
 __all__ = ["ImplicitSite", "NameImplicitSitesMessenger", "name_implicit_sites", "observed_value"]
 
@@ -111,15 +112,30 @@ class ImplicitSite(TorchDistribution):
         if not callable(simulator):
             raise ValueError(f"Expected a callable simulator, actual {type(simulator).__name__}")
         params_t = tuple(_as_param(p) for p in params)
-        if isinstance(param_event_dims, int):
-            ev_dims = tuple(param_event_dims for _ in params_t)
+        event_shape = check_shape("event_shape", event_shape)
+        if not isinstance(support, constraints.Constraint):
+            raise ValueError(
+                f"Expected support to be a torch constraint (e.g. "
+                f"pyro.distributions.constraints.positive), actual {support!r}"
+            )
+        if isinstance(param_event_dims, numbers.Integral) and not isinstance(
+            param_event_dims, bool
+        ):
+            ev_dims = tuple(int(param_event_dims) for _ in params_t)
+        elif isinstance(param_event_dims, Sequence) and not isinstance(param_event_dims, str):
+            ev_dims = tuple(
+                check_nonnegative_int("each of param_event_dims", d) for d in param_event_dims
+            )
         else:
-            ev_dims = tuple(int(d) for d in param_event_dims)
-            if len(ev_dims) != len(params_t):
-                raise ValueError(
-                    f"Expected one param_event_dims entry per parameter "
-                    f"({len(params_t)}), actual {len(ev_dims)}"
-                )
+            raise ValueError(
+                f"Expected param_event_dims to be an int or one int per parameter, actual "
+                f"{param_event_dims!r}"
+            )
+        if len(ev_dims) != len(params_t):
+            raise ValueError(
+                f"Expected one param_event_dims entry per parameter "
+                f"({len(params_t)}), actual {len(ev_dims)}"
+            )
         shapes = []
         for i, (p, d) in enumerate(zip(params_t, ev_dims, strict=False)):
             if d < 0:

@@ -40,6 +40,7 @@ from .ratio import (
     stored_module,
 )
 from .ratio_losses import RatioLoss, resolve_ratio_loss
+from .validation import check_sizes
 
 __all__ = ["JointRatioEstimator"]
 
@@ -112,7 +113,7 @@ class JointRatioEstimator(RatioEstimator):
         if not isinstance(name, str) or not name:
             raise ValueError(f"Expected name to be a non-empty str, actual {name!r}")
         self.discriminator = discriminator
-        self.hidden_sizes = tuple(hidden_sizes)
+        self.hidden_sizes = check_sizes("hidden_sizes", hidden_sizes)
         self.ratio_loss: RatioLoss = resolve_ratio_loss(ratio_loss)
         self.name = name
         self.self_normalize = bool(self_normalize)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .discriminator import mlp
+from .validation import check_nonnegative_int, check_positive_int
 
 __all__ = ["NoiseNetwork"]
 
@@ -40,12 +41,20 @@ class NoiseNetwork(nn.Module):
         self, inputs: int, noise_dim: int = 2, hidden: int = 32, location_scale: bool = False
     ) -> None:
         super().__init__()
-        self.noise_dim = noise_dim
+        self.inputs = check_nonnegative_int("inputs", inputs)
+        self.noise_dim = check_positive_int("noise_dim", noise_dim)
+        hidden = check_positive_int("hidden", hidden)
         self.location_scale = location_scale
-        self.net = mlp(inputs + noise_dim, (hidden, hidden))
+        self.net = mlp(self.inputs + self.noise_dim, (hidden, hidden))
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         loc_scale, rest = (inputs[:2], inputs[2:]) if self.location_scale else ((), inputs)
+        if len(rest) != self.inputs or len(loc_scale) < (2 if self.location_scale else 0):
+            raise ValueError(
+                f"Expected {self.inputs} input tensor(s)"
+                f"{' after the location and scale' if self.location_scale else ''} "
+                f"(NoiseNetwork(inputs={self.inputs})), actual {len(inputs)} in all"
+            )
         shape = torch.broadcast_shapes(*(t.shape for t in inputs))
         noise = torch.randn((*shape, self.noise_dim))
         features = torch.cat([*(t.expand(shape).unsqueeze(-1) for t in rest), noise], -1)

@@ -82,6 +82,11 @@ def plot_history(history: Sequence[Mapping[str, float]], axes: Any = None) -> An
     :param axes: three matplotlib axes to draw on (default: a new figure).
     :returns: the matplotlib figure.
     """
+    if not isinstance(history, Sequence) or not all(isinstance(h, Mapping) for h in history):
+        raise ValueError(
+            f"Expected the training history LFVI.history (a list of dicts, one per step), "
+            f"actual {type(history).__name__}"
+        )
     if not history:
         raise ValueError("Expected a non-empty training history, actual an empty one")
     try:

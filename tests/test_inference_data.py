@@ -96,9 +96,3 @@ def test_arviz_1_returns_a_datatree():  # pragma: no cover - runs where ArviZ 1.
     assert isinstance(data, xr.DataTree)
     assert data["posterior"]["mu"].shape == (4, 10)
     az.summary(data, var_names=["mu"])
-
-
-def test_bad_num_samples():
-    problem = ConjugateNormal(num_data=20, batch_size=5)
-    with pytest.raises(ValueError, match="Expected num_samples to be an integer >= 1, actual 0"):
-        to_inference_data(problem.model, problem.guide, problem.data, num_samples=0)
