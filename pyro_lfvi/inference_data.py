@@ -163,9 +163,16 @@ def to_inference_data(
     guide), ``posterior_predictive`` (the observed sites simulated by the
     model at posterior draws), ``observed_data``, ``prior`` and
     ``prior_predictive`` (simulated from the model) and, when ``lfvi`` has a
-    training history, ``sample_stats`` with one entry per training step along
-    a ``step`` dimension (ELBO estimate, discriminator loss and accuracy, mean
-    logits). Plate dimensions are named after their plates; event dimensions
+    training history, ``training_history`` with one entry per training step
+    along a ``step`` dimension (ELBO estimate, ratio estimator's loss and
+    accuracy, the diagnostics' figures). The history is not draw-level data,
+    so it stays out of ``sample_stats`` and its ``(chain, draw)`` schema.
+
+    The guide's draws are independent, not a Markov chain: ``num_chains``
+    only lays them out as ``(chain, draw)``. ArviZ's r-hat and effective
+    sample sizes over such "chains" are therefore no convergence check (they
+    sit near 1 and near the number of draws whatever the fit's quality);
+    judge the fit by LFVI's training diagnostics instead. Plate dimensions are named after their plates; event dimensions
     ``<site>_dim_<k>`` unless ``dims`` renames them. A subsampled data plate
     is swept in minibatches so that every data point gets its local draws.
 
@@ -187,7 +194,7 @@ def to_inference_data(
         ...                           num_samples=100, num_chains=2, lfvi=elbo)
         >>> idata.posterior["mu"].shape  # (chain, draw)
         (2, 100)
-        >>> idata.sample_stats["elbo"].shape  # one entry per training step
+        >>> idata.training_history["elbo"].shape  # one entry per training step
         (3,)
 
     ``arviz.summary(idata, var_names=["mu"])`` then tabulates the posterior.
@@ -196,9 +203,9 @@ def to_inference_data(
     :param callable guide: the fitted guide.
     :param args: the model's and guide's arguments.
     :param int num_samples: draws per chain.
-    :param int num_chains: chains; the guide's draws are independent, so
-        laying them out as several chains only lets ArviZ compute r-hat (which
-        should be 1) and split diagnostics. Default 4.
+    :param int num_chains: how many rows of ``num_samples`` independent draws
+        to lay the draws out in (ArviZ expects a ``chain`` dimension; see
+        above for what r-hat means here). Default 4.
     :param lfvi: the :class:`~pyro_lfvi.LFVI` used to fit, for its history.
     :param dict coords: coordinate values by dimension (plate) name.
     :param dict dims: dimension names by site, for its rightmost dimensions.
@@ -278,7 +285,7 @@ def to_inference_data(
         )
     history = getattr(lfvi, "history", None)
     if history:
-        groups["sample_stats"] = _history_dataset(history)
+        groups["training_history"] = _history_dataset(history)
     return _assemble(groups)
 
 

@@ -40,7 +40,7 @@ def test_groups_names_dims_and_shapes_with_subsampled_locals():
         "observed_data",
         "prior",
         "prior_predictive",
-        "sample_stats",
+        "training_history",
     }
     post = idata["posterior"]
     assert set(post.data_vars) == {"mu", "tau", "theta"}
@@ -55,7 +55,7 @@ def test_groups_names_dims_and_shapes_with_subsampled_locals():
     np.testing.assert_array_equal(obs.values, problem.data.numpy())  # every point, once
     assert idata["prior"]["theta"].shape == (2, 25, 7)
     assert idata["prior_predictive"]["y"].shape == (2, 25, 7, 10)
-    stats = idata["sample_stats"]
+    stats = idata["training_history"]
     assert stats["elbo"].dims == ("step",) and stats.sizes["step"] == 3
     assert set(stats.data_vars) >= {"elbo", "discriminator_loss", "discriminator_accuracy"}
     # Locals drawn for every group: each group's draws differ from the others'.
