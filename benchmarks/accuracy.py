@@ -21,6 +21,7 @@ from types import SimpleNamespace
 
 import pyro
 import torch
+from fitting import standardized_errors, train
 
 from pyro_lfvi import LFVI, LFVIWarning
 from pyro_lfvi.examples import (
@@ -29,8 +30,6 @@ from pyro_lfvi.examples import (
     GaussianLinear,
     HierarchicalNormal,
     LocalSeries,
-    standardized_errors,
-    train,
 )
 from pyro_lfvi.examples.series import PooledSeries
 from pyro_lfvi.examples.sir import RegionalSIR

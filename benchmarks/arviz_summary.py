@@ -8,9 +8,10 @@ from __future__ import annotations
 import arviz as az
 import pyro
 import torch
+from fitting import train
 
 from pyro_lfvi import to_inference_data
-from pyro_lfvi.examples import ConjugateNormal, train
+from pyro_lfvi.examples import ConjugateNormal
 
 
 def main() -> None:

@@ -69,10 +69,11 @@ import numpy as np
 import pyro
 import torch
 from c2st import c2st
+from fitting import standardized_errors, train
 from torch.distributions import Distribution, constraints
 
 from pyro_lfvi import LFVI
-from pyro_lfvi.examples import GaussianLinear, LocalSeries, standardized_errors, train
+from pyro_lfvi.examples import GaussianLinear, LocalSeries
 
 NUM_SAMPLES = 5000
 LFVI_SIMULATIONS_PER_STEP = 256

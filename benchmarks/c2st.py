@@ -50,10 +50,11 @@ import time
 
 import pyro
 import torch
+from fitting import train
 from torch import nn
 
 from pyro_lfvi import LFVI
-from pyro_lfvi.examples import SLCP, GaussianLinear, TwoMoons, train
+from pyro_lfvi.examples import SLCP, GaussianLinear, TwoMoons
 
 TASKS: dict[str, type[GaussianLinear | TwoMoons | SLCP]] = {
     "gaussian_linear": GaussianLinear,

@@ -148,6 +148,7 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
+from fitting import decaying_adam, standardized_errors
 from pyro import poutine
 from pyro.distributions import constraints
 from pyro.infer.autoguide import (
@@ -162,14 +163,7 @@ from pyro.infer.autoguide import (
 )
 
 from pyro_lfvi import LFVI, ImplicitSite, LFVIWarning, to_inference_data
-from pyro_lfvi.examples import (
-    BimodalLocals,
-    ConjugateNormal,
-    HierarchicalNormal,
-    NoiseNetwork,
-    decaying_adam,
-    standardized_errors,
-)
+from pyro_lfvi.examples import BimodalLocals, ConjugateNormal, HierarchicalNormal, NoiseNetwork
 
 Guide = Callable[..., object]
 

@@ -22,9 +22,10 @@ from types import SimpleNamespace
 
 import pyro
 import torch
+from fitting import decaying_adam, standardized_errors, train
 
 from pyro_lfvi import LFVI, LFVIWarning
-from pyro_lfvi.examples import LocalSeries, decaying_adam, standardized_errors, train
+from pyro_lfvi.examples import LocalSeries
 
 
 def row(label: str, seed: int, errors: dict, seconds: float, note: str = "") -> None:

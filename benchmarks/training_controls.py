@@ -71,10 +71,11 @@ from collections.abc import Callable
 
 import pyro
 import torch
+from fitting import standardized_errors, train
 from pyro.optim import PyroOptim
 
 from pyro_lfvi import LFVI
-from pyro_lfvi.examples import ConjugateNormal, standardized_errors, train
+from pyro_lfvi.examples import ConjugateNormal
 
 LR, FINAL_LR = 0.01, 0.0002
 DISC = "lfvi_discriminator"

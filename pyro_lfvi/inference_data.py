@@ -172,7 +172,9 @@ def to_inference_data(
     only lays them out as ``(chain, draw)``. ArviZ's r-hat and effective
     sample sizes over such "chains" are therefore no convergence check (they
     sit near 1 and near the number of draws whatever the fit's quality);
-    judge the fit by LFVI's training diagnostics instead. Plate dimensions are named after their plates; event dimensions
+    judge the fit by LFVI's training diagnostics instead.
+
+    Plate dimensions are named after their plates; event dimensions
     ``<site>_dim_<k>`` unless ``dims`` renames them. A subsampled data plate
     is swept in minibatches so that every data point gets its local draws.
 

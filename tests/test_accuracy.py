@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import pyro
 import pytest
+from fitting import standardized_errors, train
 
 from pyro_lfvi import LFVIWarning
 from pyro_lfvi.examples import (
@@ -25,8 +26,6 @@ from pyro_lfvi.examples import (
     GaussianLinear,
     HierarchicalNormal,
     LocalSeries,
-    standardized_errors,
-    train,
 )
 from pyro_lfvi.examples.sir import RegionalSIR
 

@@ -4,10 +4,11 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from fitting import standardized_errors, train
 from pyro.distributions import constraints
 
 from pyro_lfvi import LFVI, ImplicitSite
-from pyro_lfvi.examples import ConjugateNormal, standardized_errors, train
+from pyro_lfvi.examples import ConjugateNormal
 
 
 def numpy_normal(mu):

@@ -11,6 +11,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from fitting import decaying_adam, standardized_errors
 from pyro.distributions import constraints
 from pyro.infer import SVI
 from pyro.infer.autoguide import (
@@ -30,13 +31,7 @@ from pyro_lfvi import (
     LFVIWarning,
     ModelStructureError,
 )
-from pyro_lfvi.examples import (
-    BimodalLocals,
-    ConjugateNormal,
-    HierarchicalNormal,
-    decaying_adam,
-    standardized_errors,
-)
+from pyro_lfvi.examples import BimodalLocals, ConjugateNormal, HierarchicalNormal
 
 
 def decaying_svi(model, guide, elbo, num_steps, lr, final_lr):

@@ -7,9 +7,10 @@ import numpy as np
 import pyro
 import pytest
 import torch
+from fitting import train
 
 from pyro_lfvi import LFVI, to_inference_data
-from pyro_lfvi.examples import ConjugateNormal, HierarchicalNormal, train
+from pyro_lfvi.examples import ConjugateNormal, HierarchicalNormal
 
 ARVIZ_1 = int(az.__version__.split(".")[0]) >= 1
 

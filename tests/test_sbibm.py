@@ -21,9 +21,10 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
+from fitting import train
 
 from pyro_lfvi import LFVI, LFVIWarning
-from pyro_lfvi.examples import SLCP, TwoMoons, train
+from pyro_lfvi.examples import SLCP, TwoMoons
 
 STEPS = 390
 """With LFVI's default 256 particles per step: 99,840 simulator calls."""

@@ -4,7 +4,8 @@ Each example bundles synthetic data, a model whose likelihood is an
 :class:`~pyro_lfvi.ImplicitSite`, a guide, and the exact posterior of the
 explicit version of the same model (or reference posterior samples), so that
 LFVI's answer can be checked.
-They serve the demo, the tests and the benchmarks.
+They serve the demo, the tests and the benchmarks (whose fitting helpers live in
+``benchmarks/fitting.py``, outside the package).
 
 * :mod:`.normal`: Normal models with many observations (conjugate,
   hierarchical with local means, bimodal locals);
@@ -21,9 +22,6 @@ from .normal import (
     BimodalLocals,
     ConjugateNormal,
     HierarchicalNormal,
-    decaying_adam,
-    standardized_errors,
-    train,
 )
 from .sbibm import SLCP, TwoMoons
 from .series import LocalSeries
@@ -38,7 +36,4 @@ __all__ = [
     "LocalSeries",
     "SLCP",
     "TwoMoons",
-    "decaying_adam",
-    "standardized_errors",
-    "train",
 ]
