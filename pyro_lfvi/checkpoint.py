@@ -4,29 +4,32 @@ A checkpoint holds only tensors and plain data (dicts, lists, tuples, str,
 int, float, bool, None), so :func:`load_checkpoint` reads it with
 ``torch.load(path, weights_only=True)``: a file holding anything else, such as
 a pickle crafted to run code when loaded, is refused before anything is
-restored.
+restored. The state that is not tensors (param constraints, numpy random
+number generator states) is converted to plain data and back by
+``pyro_lfvi.plain_state``.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
 import pickle
 import random
-from collections import OrderedDict
 from collections.abc import Mapping
-from functools import cache
 from typing import Any, NoReturn
 
 import numpy as np
 import pyro
-import pyro.distributions.constraints as pyro_constraints
 import torch
-import torch.distributions.constraints as torch_constraints
-from torch import nn
 
 from .diagnostics import TrainingMonitor
 from .errors import CheckpointError
+from .plain_state import (
+    check_plain,
+    decode_constraint,
+    encode_constraint,
+    numpy_to_plain,
+    plain_to_numpy,
+)
 
 __all__ = ["load_checkpoint", "save_checkpoint"]
 
@@ -38,19 +41,6 @@ VERSION = 1
 _KEYS = ("format", "version", "params", "constraints", "optim", "lfvi", "rng", "generators")
 _LFVI_KEYS = ("history", "monitor", "max_plate_nesting", "discriminator_optim")
 _RNG_KEYS = ("torch", "numpy", "python")
-_SCALARS = (str, int, float, bool, type(None))
-_NDARRAY = "__ndarray__"  # tags a numpy array stored as plain data
-_CONSTRAINT = "__constraint__"  # tags a constraint among another constraint's arguments
-
-# Pyro's param store keeps a torch constraint object per parameter. Those are
-# stored as plain data and rebuilt on load, rather than allow-listing their
-# classes for the unpickler with torch.serialization.safe_globals: a named
-# constraint (``constraints.positive``) comes back as the very same object,
-# which pyro relies on for ``constraints.real``, and the unpickler keeps
-# accepting nothing but tensors and plain data, whatever classes torch or pyro
-# add later. Any other constraint of torch or pyro is stored as its class
-# name and its constructor's arguments.
-_CONSTRAINT_MODULES = {"torch": torch_constraints, "pyro": pyro_constraints}
 
 
 def save_checkpoint(
@@ -104,21 +94,21 @@ def save_checkpoint(
         "version": VERSION,
         "params": dict(store["params"]),
         "constraints": {
-            name: _encode_constraint(constraint, name)
+            name: encode_constraint(constraint, name)
             for name, constraint in store["constraints"].items()
         },
         "optim": optim.get_state(),
         "lfvi": _lfvi_state(lfvi),
         "rng": {
             "torch": torch.get_rng_state(),
-            "numpy": _numpy_to_plain(np.random.get_state(legacy=False)),
+            "numpy": numpy_to_plain(np.random.get_state(legacy=False)),
             "python": random.getstate(),
         },
         "generators": {
-            name: _numpy_to_plain(rng.bit_generator.state) for name, rng in named.items()
+            name: numpy_to_plain(rng.bit_generator.state) for name, rng in named.items()
         },
     }
-    _check_plain(state, "the checkpoint")
+    check_plain(state, "the checkpoint")
     torch.save(state, path)
 
 
@@ -227,7 +217,7 @@ class _Restore:
         decoded = {}
         for name, code in constraints.items():
             try:
-                decoded[name] = _decode_constraint(code)
+                decoded[name] = decode_constraint(code)
             except Exception as err:  # whatever a constructor raises on bad arguments
                 self._fail(f"the constraint of param {name!r} cannot be rebuilt ({err})", err)
         return params, decoded
@@ -277,7 +267,7 @@ class _Restore:
             self._fail(f"its torch RNG state is not valid ({err})", err)
         numpy_state = None
         try:
-            numpy_state = _plain_to_numpy(state["numpy"])
+            numpy_state = plain_to_numpy(state["numpy"])
             np.random.RandomState(_global_bit_generator_type()()).set_state(numpy_state)
         except (TypeError, ValueError, KeyError, AttributeError) as err:
             self._fail(f"its numpy RNG state is not valid ({err})", err)
@@ -306,7 +296,7 @@ class _Restore:
         for name, rng in generators.items():
             kind = type(rng.bit_generator)
             try:
-                states[name] = _plain_to_numpy(saved[name])
+                states[name] = plain_to_numpy(saved[name])
                 kind().state = states[name]  # a scratch generator of the same kind
             except (TypeError, ValueError, KeyError, AttributeError) as err:
                 raise CheckpointError(
@@ -369,134 +359,7 @@ def _check_generators(
     return dict(generators)
 
 
-def _check_plain(value: Any, where: str) -> None:
-    """Raise unless ``value`` is what ``torch.load(weights_only=True)`` reads as is."""
-    if type(value) in _SCALARS or type(value) in (torch.Tensor, nn.Parameter):
-        return
-    if type(value) in (dict, OrderedDict):
-        for key, item in value.items():
-            if type(key) not in _SCALARS:
-                raise CheckpointError(
-                    f"Cannot save a checkpoint: {where} has a key of type {type(key).__name__}; "
-                    f"a checkpoint holds only tensors and plain data"
-                )
-            _check_plain(item, f"{where}[{key!r}]")
-        return
-    if type(value) in (list, tuple):
-        for i, item in enumerate(value):
-            _check_plain(item, f"{where}[{i}]")
-        return
-    raise CheckpointError(
-        f"Cannot save a checkpoint: {where} is a {type(value).__name__}, which "
-        f"torch.load(weights_only=True) refuses; a checkpoint holds only tensors and plain data "
-        f"(dicts, lists, tuples, str, int, float, bool, None)"
-    )
-
-
-def _numpy_to_plain(value: Any) -> Any:
-    """Numpy RNG states as plain data: arrays become tagged dicts of Python ints."""
-    if isinstance(value, np.ndarray):
-        return {_NDARRAY: value.dtype.str, "shape": list(value.shape), "data": value.tolist()}
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, dict):
-        return {key: _numpy_to_plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_numpy_to_plain(item) for item in value)
-    return value
-
-
-def _plain_to_numpy(value: Any) -> Any:
-    if isinstance(value, dict) and _NDARRAY in value:
-        dtype = np.dtype(value[_NDARRAY])
-        if dtype.kind not in "biuf":
-            raise ValueError(f"unexpected array dtype {dtype}")
-        return np.asarray(value["data"], dtype=dtype).reshape(value["shape"])
-    if isinstance(value, dict):
-        return {key: _plain_to_numpy(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_plain_to_numpy(item) for item in value]
-    return value
-
-
 def _global_bit_generator_type() -> type:
     """The kind of bit generator behind numpy's global ``np.random`` functions."""
     get = getattr(np.random, "get_bit_generator", None)  # numpy >= 1.25
     return type(get()) if get is not None else np.random.MT19937
-
-
-@cache
-def _named_constraints() -> dict[str, Any]:
-    """pyro's (and so torch's) module-level constraint objects, by name."""
-    return {
-        name: obj
-        for name in sorted(dir(pyro_constraints))
-        if isinstance(obj := getattr(pyro_constraints, name), torch_constraints.Constraint)
-    }
-
-
-def _encode_constraint(constraint: Any, param: str) -> dict[str, Any]:
-    """A torch or pyro constraint as plain data (see ``_CONSTRAINT_MODULES``)."""
-    for name, obj in _named_constraints().items():
-        if obj is constraint:
-            return {"name": name}
-    cls = type(constraint)
-    module = next(
-        (
-            key
-            for key, mod in _CONSTRAINT_MODULES.items()
-            if cls.__module__ == mod.__name__ and getattr(mod, cls.__name__, None) is cls
-        ),
-        None,
-    )
-    names = [
-        p.name
-        for p in inspect.signature(cls.__init__).parameters.values()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"
-    ]
-    # Only constraints whose attributes are exactly their constructor's arguments
-    # can be rebuilt from those arguments.
-    if module is None or sorted(vars(constraint)) != sorted(names):
-        raise CheckpointError(
-            f"Cannot save the constraint {constraint!r} of param {param!r}: a checkpoint "
-            f"stores constraints as plain data, which works for the constraints of "
-            f"torch.distributions.constraints and pyro.distributions.constraints only"
-        )
-    args = {name: _encode_argument(getattr(constraint, name), param) for name in names}
-    return {"class": cls.__name__, "module": module, "args": args}
-
-
-def _encode_argument(value: Any, param: str) -> Any:
-    if isinstance(value, torch_constraints.Constraint):
-        return {_CONSTRAINT: _encode_constraint(value, param)}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_encode_argument(item, param) for item in value)
-    return value
-
-
-def _decode_constraint(code: Any) -> Any:
-    if not isinstance(code, dict):
-        raise TypeError(f"expected a dict, actual {type(code).__name__}")
-    if set(code) == {"name"}:
-        if code["name"] not in _named_constraints():
-            raise ValueError(f"unknown constraint name {code['name']!r}")
-        return _named_constraints()[code["name"]]
-    if set(code) != {"class", "module", "args"}:
-        raise ValueError(f"unexpected keys {sorted(map(str, code))}")
-    if code["module"] not in _CONSTRAINT_MODULES:
-        raise ValueError(f"unknown constraint module {code['module']!r}")
-    cls = getattr(_CONSTRAINT_MODULES[code["module"]], str(code["class"]), None)
-    if not (isinstance(cls, type) and issubclass(cls, torch_constraints.Constraint)):
-        raise ValueError(f"{code['module']} has no constraint class {code['class']!r}")
-    args = code["args"]
-    if not isinstance(args, dict) or not all(isinstance(key, str) for key in args):
-        raise ValueError("expected the constraint's arguments as a dict by name")
-    return cls(**{name: _decode_argument(value) for name, value in args.items()})
-
-
-def _decode_argument(value: Any) -> Any:
-    if isinstance(value, dict) and set(value) == {_CONSTRAINT}:
-        return _decode_constraint(value[_CONSTRAINT])
-    if isinstance(value, (list, tuple)):
-        return type(value)(_decode_argument(item) for item in value)
-    return value
