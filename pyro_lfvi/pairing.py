@@ -22,7 +22,8 @@ from typing import Any, cast
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from torch.distributions import biject_to
+from pyro.poutine import Trace
+from torch.distributions import Distribution, biject_to
 
 from .compat import site_is_subsample
 from .embeddings import PointShape
@@ -35,6 +36,8 @@ from .roles import (
     classify_sites,
     frame_names,
     sample_sites,
+    site_dist,
+    site_value,
     trace_guide,
     trace_model,
 )
@@ -85,7 +88,7 @@ class PairedJoints:
     p_offset: torch.Tensor
     t_offset: torch.Tensor
     explicit_locals: bool
-    q_trace: Any
+    q_trace: Trace
     lead: list[str | None]
     scale: torch.Tensor
     global_log_ratio: torch.Tensor
@@ -138,8 +141,8 @@ def _particle_axis(value: torch.Tensor, site: Any, particle_plate: str) -> int:
 
 
 def widen_globals(
-    guide_trace: Any,
-    model_trace: Any,
+    guide_trace: Trace,
+    model_trace: Trace,
     names: list[str],
     particle_plate: str,
     factor: float,
@@ -161,12 +164,12 @@ def widen_globals(
     out = {}
     for name in names:
         site = guide_trace.nodes[name]
-        value = site["value"].detach()
-        transform = biject_to(model_trace.nodes[name]["fn"].support)
+        value = site_value(guide_trace, name).detach()
+        transform = biject_to(site_dist(model_trace, name).support)
         axis = _particle_axis(value, site, particle_plate)
         u = transform.inv(value)
         if not bool(torch.isfinite(u).all()):
-            support = model_trace.nodes[name]["fn"].support
+            support = site_dist(model_trace, name).support
             raise ModelStructureError(
                 f"The guide's values of global site '{name}' lie outside the support of "
                 f"its prior ({support}). Use a guide distribution with the same support "
@@ -215,7 +218,7 @@ def point_log_prob(fn: Any, value: torch.Tensor, site: Any, lead: list[str | Non
     return _to_rows(log_p, None, site, lead).sum(-1)
 
 
-def gaussian_contrast(site: Any, num_draws: int) -> Any:
+def gaussian_contrast(site: Any, num_draws: int) -> Distribution:
     """
     A Normal fitted, per batch element, to the value of an implicit guide
     site and ``num_draws`` fresh draws of it: an explicit stand-in for its
@@ -238,18 +241,18 @@ def gaussian_contrast(site: Any, num_draws: int) -> Any:
 
 
 def _local_offset(
-    prior_trace: Any,
-    guide_trace: Any,
-    values: Any,
+    prior_trace: Trace,
+    guide_trace: Trace,
+    values: Trace,
     names: list[str],
     lead: list[str | None],
-    densities: dict[str, Any],
+    densities: dict[str, Distribution],
 ) -> torch.Tensor:
     total = torch.zeros(())
     for name in names:
-        value = values.nodes[name]["value"]
+        value = site_value(values, name)
         site = guide_trace.nodes[name]
-        total = total + point_log_prob(prior_trace.nodes[name]["fn"], value, site, lead)
+        total = total + point_log_prob(site_dist(prior_trace, name), value, site, lead)
         total = total - point_log_prob(densities.get(name, site["fn"]), value, site, lead)
     return total
 
@@ -261,8 +264,8 @@ def _site_log_prob(site: Any) -> torch.Tensor:
 
 
 def local_guide_densities(
-    guide_trace: Any, model_trace: Any, names: list[str], contrast_draws: int
-) -> dict[str, Any]:
+    guide_trace: Trace, model_trace: Trace, names: list[str], contrast_draws: int
+) -> dict[str, Distribution]:
     """
     Densities that stand in for local guide sites whose own ``fn`` cannot be
     evaluated away from its draw: a Normal fitted to an implicit guide
@@ -274,7 +277,7 @@ def local_guide_densities(
         auxiliary site (``AutoDelta``, or an ``AutoContinuous`` guide that
         draws the locals jointly with the globals).
     """
-    out: dict[str, Any] = {}
+    out: dict[str, Distribution] = {}
     for name in names:
         site = guide_trace.nodes[name]
         if isinstance(site["fn"], ImplicitSite):
@@ -290,7 +293,7 @@ def local_guide_densities(
                     f"locals with AutoNormal, a hand-written or an implicit guide, and use "
                     f"AutoGuideList to keep such an autoguide for the globals"
                 )
-            support = model_trace.nodes[name]["fn"].support
+            support = site_dist(model_trace, name).support
             out[name] = dist.TransformedDistribution(aux["fn"], [biject_to(support)])
     return out
 
@@ -373,7 +376,7 @@ def pair_joints(
 
     lead = [particle_plate, roles.data_plate]
 
-    def rows(trace: Any, names: list[str], lead_: list[str | None]) -> dict[str, torch.Tensor]:
+    def rows(trace: Trace, names: list[str], lead_: list[str | None]) -> dict[str, torch.Tensor]:
         out = {}
         for name in names:
             if name not in trace.nodes:
@@ -383,7 +386,7 @@ def pair_joints(
                     f"not depend on whether data are observed"
                 )
             site = trace.nodes[name]
-            out[name] = _to_rows(site["value"], site["fn"], site, lead_)
+            out[name] = _to_rows(site_value(trace, name), site["fn"], site, lead_)
         return out
 
     q_obs = rows(q_trace, roles.observed, lead)

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from pyro import poutine
+from pyro.poutine import Trace
+from torch.distributions import Distribution
 
 from .compat import duplicate_site_name, plate_shape_mismatch, site_is_subsample, zero_size_plate
 from .errors import ImplicitDensityError, ModelStructureError
@@ -27,6 +29,8 @@ __all__ = [
     "frame_names",
     "plate_nesting",
     "sample_sites",
+    "site_dist",
+    "site_value",
     "trace_guide",
     "trace_model",
 ]
@@ -44,7 +48,7 @@ class SiteRoles:
     full_size: int
 
 
-def sample_sites(trace: Any) -> OrderedDict[str, Any]:
+def sample_sites(trace: Trace) -> OrderedDict[str, Any]:
     return OrderedDict(
         (name, site)
         for name, site in trace.nodes.items()
@@ -52,7 +56,17 @@ def sample_sites(trace: Any) -> OrderedDict[str, Any]:
     )
 
 
-def plate_nesting(*traces: Any) -> int:
+def site_dist(trace: Trace, name: str) -> Distribution:
+    """The distribution of sample site ``name`` (Pyro types it as any callable)."""
+    return cast(Distribution, trace.nodes[name]["fn"])
+
+
+def site_value(trace: Trace, name: str) -> torch.Tensor:
+    """The value of sample site ``name`` (Pyro types it as optional)."""
+    return cast(torch.Tensor, trace.nodes[name]["value"])
+
+
+def plate_nesting(*traces: Trace) -> int:
     """The deepest plate nesting (``-dim`` of the leftmost plate) in the traces."""
     dims = [
         -int(f.dim or 0)
@@ -68,7 +82,7 @@ def frame_names(site: Any, skip: str | None) -> list[str]:
     return [f.name for f in site["cond_indep_stack"] if f.name != skip]
 
 
-def classify_sites(model_trace: Any, guide_trace: Any, particle_plate: str | None) -> SiteRoles:
+def classify_sites(model_trace: Trace, guide_trace: Trace, particle_plate: str | None) -> SiteRoles:
     """
     Split the model's sample sites into observed, local and global ones.
 
@@ -115,7 +129,7 @@ def classify_sites(model_trace: Any, guide_trace: Any, particle_plate: str | Non
     return SiteRoles(observed, local, global_, data_plate, num_points, full_size)
 
 
-def check_globals(model_trace: Any, guide_trace: Any, roles: SiteRoles) -> None:
+def check_globals(model_trace: Trace, guide_trace: Trace, roles: SiteRoles) -> None:
     """Globals need an explicit, reparameterised guide (their prior may be implicit)."""
     where = (
         f"inside plate '{roles.data_plate}'"
@@ -123,7 +137,7 @@ def check_globals(model_trace: Any, guide_trace: Any, roles: SiteRoles) -> None:
         else "inside the plate that indexes data points"
     )
     for name in roles.global_:
-        post = guide_trace.nodes[name]["fn"]
+        post = site_dist(guide_trace, name)
         if isinstance(post, ImplicitSite):
             raise ModelStructureError(
                 f"Global site '{name}' has an implicit guide (ImplicitSite). LFVI "
@@ -139,7 +153,7 @@ def check_globals(model_trace: Any, guide_trace: Any, roles: SiteRoles) -> None:
             )
 
 
-def trace_guide(guide: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def trace_guide(guide: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Trace:
     """Trace the guide, explaining the plate clash typical of AutoGuideList parts."""
     try:
         return poutine.trace(guide).get_trace(*args, **kwargs)
@@ -167,8 +181,8 @@ def trace_guide(guide: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[s
 
 
 def trace_model(
-    model: Callable[..., Any], guide_trace: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
+    model: Callable[..., Any], guide_trace: Trace, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Trace:
     """Trace the model with the guide's values replayed, explaining shape errors."""
     try:
         return poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
@@ -182,7 +196,7 @@ def explain_trace_error(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    guide_trace: Any = None,
+    guide_trace: Trace | None = None,
 ) -> None:
     """
     Raise a :class:`~pyro_lfvi.ModelStructureError` in place of Pyro's error
@@ -228,7 +242,9 @@ def explain_trace_error(
     ) from err
 
 
-def _prior_trace(model: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _prior_trace(
+    model: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Trace | None:
     """A side run of the model from its prior (None if that fails too)."""
     try:
         with poutine.block(), torch.random.fork_rng():
@@ -237,7 +253,7 @@ def _prior_trace(model: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
         return None
 
 
-def _guide_sites(prior: Any, guide_trace: Any) -> list[tuple[str, Any, Any]]:
+def _guide_sites(prior: Trace | None, guide_trace: Trace | None) -> list[tuple[str, Any, Any]]:
     """(name, guide site, model site) for each latent both traces share."""
     if prior is None or guide_trace is None:
         return []
@@ -248,7 +264,7 @@ def _guide_sites(prior: Any, guide_trace: Any) -> list[tuple[str, Any, Any]]:
     ]
 
 
-def _guide_values_outside_support(prior: Any, guide_trace: Any) -> list[str]:
+def _guide_values_outside_support(prior: Trace | None, guide_trace: Trace | None) -> list[str]:
     """'name' for each guide value outside the support of the model's distribution."""
     out = []
     for name, site, model_site in _guide_sites(prior, guide_trace):
@@ -264,7 +280,7 @@ def _guide_values_outside_support(prior: Any, guide_trace: Any) -> list[str]:
     return out
 
 
-def _guide_shapes_unlike_prior(prior: Any, guide_trace: Any) -> list[str]:
+def _guide_shapes_unlike_prior(prior: Trace | None, guide_trace: Trace | None) -> list[str]:
     """'name guide (a,) vs model (b,)' for each guide site shaped unlike the model's draw."""
     out = []
     for name, site, model_site in _guide_sites(prior, guide_trace):
