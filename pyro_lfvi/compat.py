@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 # ``ELBO.__call__(model, guide)`` returns an ``ELBOModule`` (the route PyTorch
 # Lightning users take, as in Pyro's ``svi_lightning`` example); LFVI returns a
@@ -26,10 +26,24 @@ from pyro.poutine.messenger import Messenger
 # indices from a latent or observed site; documented in ``pyro.poutine.util``.
 from pyro.poutine.util import site_is_subsample
 
+if TYPE_CHECKING:
+    # The TypedDict of a trace's sites (``trace.nodes[name]``), in
+    # ``pyro.poutine.runtime`` (Pyro 1.9) but not re-exported by
+    # ``pyro.poutine``; imported for annotations only, as ``Site``. ``InferDict``
+    # is the type of a site's ``infer`` entry there, ``SiteInfer`` here.
+    from pyro.poutine.runtime import InferDict, Message
+
+#: A site of a Pyro trace, ``trace.nodes[name]`` (for annotations).
+Site: TypeAlias = "Message"
+#: A site's ``infer`` dict, ``trace.nodes[name]["infer"]`` (for annotations).
+SiteInfer: TypeAlias = "InferDict"
+
 __all__ = [
     "ELBOModule",
     "Messenger",
     "PlateShapeMismatch",
+    "Site",
+    "SiteInfer",
     "duplicate_site_name",
     "elbo_of",
     "plate_shape_mismatch",

@@ -10,6 +10,7 @@ once about model parameters that receive no gradient.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +63,13 @@ class TrainingControls:
     model_params: str | None
     _model_params_checked: bool
 
-    def _pair(self, model: Any, guide: Any, args: Any, kwargs: Any) -> list[PairedJoints]:
+    def _pair(
+        self,
+        model: Callable[..., object],
+        guide: Callable[..., object],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> list[PairedJoints]:
         raise NotImplementedError
 
     def _surrogate(self, out: StepObjectives) -> torch.Tensor:
@@ -81,7 +88,13 @@ class TrainingControls:
             surrogate = surrogate + out.ratio_loss
         return surrogate
 
-    def _train_discriminator(self, model: Any, guide: Any, args: Any, kwargs: Any) -> None:
+    def _train_discriminator(
+        self,
+        model: Callable[..., object],
+        guide: Callable[..., object],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
         """``discriminator_steps`` updates by ``discriminator_optim``, if given."""
         if self.discriminator_optim is None:
             return
@@ -114,12 +127,12 @@ class TrainingControls:
         """Warn once about model parameters that the last backward pass missed."""
         self._model_params_checked = True
         store = pyro.get_param_store()
+        unconstrained = dict(store.named_parameters())
         missed = []
         for name in names:
             if name not in store:
                 continue
-            param: Any = store[name]
-            grad = param.unconstrained().grad
+            grad = unconstrained[name].grad
             if grad is None or not bool((grad != 0).any()):
                 missed.append(name)
         if not missed:

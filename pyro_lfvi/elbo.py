@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn, cast
 
 import pyro
 import pyro.distributions as dist
@@ -26,7 +26,7 @@ from .joint import JointRatioEstimator
 from .pairing import PairedJoints, pair_joints, point_log_prob
 from .ratio import RatioEstimator, frozen_weights
 from .ratio_losses import RatioLoss, log_loss, resolve_ratio_loss
-from .roles import classify_sites, plate_nesting, trace_guide, trace_model
+from .roles import SiteRoles, classify_sites, plate_nesting, trace_guide, trace_model
 from .validation import (
     check_nonnegative_int,
     check_positive_int,
@@ -305,7 +305,7 @@ class LFVI(TrainingControls, ELBO):
         self_normalize: bool = True,
         diagnostics: bool = True,
         callback: Callable[[int, dict[str, float]], None] | None = None,
-        debug_model: Callable[..., Any] | None = None,
+        debug_model: Callable[..., object] | None = None,
         discriminator_steps: int = 1,
         discriminator_optim: PyroOptim | None = None,
         warmup_steps: int = 0,
@@ -468,10 +468,18 @@ class LFVI(TrainingControls, ELBO):
             return self.estimator.discriminator
         return None
 
-    def __call__(self, model: Any, guide: Any) -> LFVIModule:  # type: ignore[override]
-        return LFVIModule(model, guide, self)
+    def __call__(self, model: Callable[..., object], guide: Callable[..., object]) -> LFVIModule:
+        # Pyro annotates ELBOModule's model and guide as nn.Module; plain callables
+        # work too (Trace_ELBO()(model, guide) takes them).
+        return LFVIModule(model, guide, self)  # type: ignore[arg-type]
 
-    def _get_trace(self, model: Any, guide: Any, args: Any, kwargs: Any) -> Any:
+    def _get_trace(
+        self,
+        model: Callable[..., object],
+        guide: Callable[..., object],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> NoReturn:
         raise NotImplementedError(
             "LFVI pairs two runs of the model with one of the guide and has no single "
             "(model_trace, guide_trace) pair to return"
@@ -480,7 +488,11 @@ class LFVI(TrainingControls, ELBO):
     # -- pairing ---------------------------------------------------------------
 
     def _setup(
-        self, model: Callable[..., Any], guide: Callable[..., Any], args: Any, kwargs: Any
+        self,
+        model: Callable[..., object],
+        guide: Callable[..., object],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> None:
         """At the first step: plate nesting, the ratio estimator and the particle count."""
         if self._is_setup:
@@ -543,7 +555,9 @@ class LFVI(TrainingControls, ELBO):
             )
         self._is_setup = True
 
-    def _joint_reason(self, roles: Any, model_trace: Any, guide_trace: Any) -> str | None:
+    def _joint_reason(
+        self, roles: SiteRoles, model_trace: poutine.Trace, guide_trace: poutine.Trace
+    ) -> str | None:
         """Why this run needs the paper's joint classifier, or None."""
         if self._estimator_choice == "joint":
             return "estimator='joint' was asked for"
@@ -564,14 +578,22 @@ class LFVI(TrainingControls, ELBO):
         return None
 
     def _max_nesting(
-        self, model: Callable[..., Any], guide: Callable[..., Any], args: Any, kwargs: Any
+        self,
+        model: Callable[..., object],
+        guide: Callable[..., object],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> int:
         self._setup(model, guide, args, kwargs)
         # ELBO.__init__ (or _setup) added one for the particle plate.
         return int(self.max_plate_nesting) - 1
 
     def _pair(
-        self, model: Callable[..., Any], guide: Callable[..., Any], args: Any, kwargs: Any
+        self,
+        model: Callable[..., object],
+        guide: Callable[..., object],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> list[PairedJoints]:
         self._setup(model, guide, args, kwargs)
         if self.vectorize_particles and self.num_particles > 1:
@@ -608,7 +630,12 @@ class LFVI(TrainingControls, ELBO):
     # -- objectives ------------------------------------------------------------
 
     def _objectives(
-        self, model: Any, guide: Any, args: Any, kwargs: Any, update: bool = True
+        self,
+        model: Callable[..., object],
+        guide: Callable[..., object],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        update: bool = True,
     ) -> StepObjectives:
         """The ELBO estimate and every training loss of one step, averaged over particles."""
         pairs = self._pair(model, guide, args, kwargs)
@@ -655,7 +682,11 @@ class LFVI(TrainingControls, ELBO):
 
     @torch.no_grad()
     def _debug(
-        self, log_ratio: torch.Tensor, pair: PairedJoints, args: Any, kwargs: Any
+        self,
+        log_ratio: torch.Tensor,
+        pair: PairedJoints,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> dict[str, float]:
         """Compare the learned per-point log ratio with the explicit model's."""
         # _pair has fixed max_plate_nesting, the particle plate included.
@@ -665,8 +696,9 @@ class LFVI(TrainingControls, ELBO):
         trace = poutine.trace(poutine.replay(model, trace=pair.q_trace)).get_trace(*args, **kwargs)
         true = pair.q_offset.clone()
         for name in pair.roles.observed:
-            site: Any = trace.nodes[name]
-            true = true + point_log_prob(site["fn"], site["value"], site, pair.lead)
+            site = trace.nodes[name]
+            value = cast(torch.Tensor, site["value"])  # Pyro types it as Optional
+            true = true + point_log_prob(site["fn"], value, site, pair.lead)
         learned = log_ratio - log_ratio.mean(0, keepdim=True)
         true = true - true.mean(0, keepdim=True)
         slope = float((learned * true).sum() / (true * true).sum().clamp_min(1e-12))
@@ -697,7 +729,9 @@ class LFVI(TrainingControls, ELBO):
         if self.callback is not None:
             self.callback(step, entry)
 
-    def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
+    def loss(
+        self, model: Callable[..., object], guide: Callable[..., object], *args: Any, **kwargs: Any
+    ) -> float:
         """
         :returns: an estimate of the negative ELBO (up to a constant: the
             ratio estimator replaces the implicit log densities). It trains
@@ -709,7 +743,7 @@ class LFVI(TrainingControls, ELBO):
         return -float(out.elbo.detach())
 
     def differentiable_loss(
-        self, model: Any, guide: Any, *args: Any, **kwargs: Any
+        self, model: Callable[..., object], guide: Callable[..., object], *args: Any, **kwargs: Any
     ) -> torch.Tensor:
         """
         :returns: the negative ELBO estimate as a tensor whose gradient also
@@ -725,7 +759,9 @@ class LFVI(TrainingControls, ELBO):
         # The value is the negative ELBO; the gradient is the surrogate's.
         return surrogate - surrogate.detach() - out.elbo.detach()
 
-    def loss_and_grads(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
+    def loss_and_grads(
+        self, model: Callable[..., object], guide: Callable[..., object], *args: Any, **kwargs: Any
+    ) -> float:
         """
         Compute the negative ELBO estimate and back-propagate both objectives:
         the ELBO's gradient into the guide's parameters, the scoring rule's

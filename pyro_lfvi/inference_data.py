@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pyro
@@ -14,6 +14,12 @@ from .compat import site_is_subsample
 from .implicit import name_implicit_sites
 from .roles import classify_sites, plate_nesting
 from .validation import check_positive_int
+
+if TYPE_CHECKING:  # ArviZ and xarray are imported when converting
+    import xarray
+
+    from .compat import Site, SiteInfer
+    from .elbo import LFVI
 
 __all__ = ["to_inference_data"]
 
@@ -30,12 +36,13 @@ def _chunks(size: int, batch: int) -> list[torch.Tensor]:
 
 
 def _dims(
-    site: Any, value: torch.Tensor, draws: bool, chains: int = 1
+    site: Site, value: torch.Tensor, draws: bool, chains: int = 1
 ) -> tuple[np.ndarray, list[str]]:
     """Name each axis after its plate (or ``<site>_dim_k``), dropping empty ones."""
     fn = site["fn"]
     event_dim = len(getattr(fn, "event_shape", ()))
-    frames = {int(f.dim): f.name for f in site["cond_indep_stack"] if f.name != _DRAWS}
+    # A sequential plate's frame has dim None, which int() rejects.
+    frames = {int(cast(int, f.dim)): f.name for f in site["cond_indep_stack"] if f.name != _DRAWS}
     batch_rank = value.dim() - event_dim
     keep, names = [], []
     for axis in range(value.dim()):
@@ -65,7 +72,7 @@ def _dims(
 
 
 def _collect(
-    per_chunk: list[tuple[torch.Tensor | None, Any]],
+    per_chunk: list[tuple[torch.Tensor | None, poutine.Trace]],
     names: list[str],
     data_plate: str | None,
     draws: bool,
@@ -77,7 +84,8 @@ def _collect(
         pieces = []
         for idx, trace in per_chunk:
             site = trace.nodes[name]
-            pieces.append((idx, *_dims(site, site["value"], draws, chains)))
+            value = cast(torch.Tensor, site["value"])  # Pyro types it as Optional
+            pieces.append((idx, *_dims(site, value, draws, chains)))
         idx0, arr0, dims0 = pieces[0]
         if idx0 is None or data_plate not in dims0:
             out[name] = (arr0, dims0)
@@ -103,7 +111,7 @@ def _dataset(
     variables: Mapping[str, tuple[np.ndarray, list[str]]],
     coords: Mapping[str, Any] | None,
     dims: Mapping[str, Sequence[str]] | None,
-) -> Any:
+) -> xarray.Dataset:
     import xarray as xr
 
     data_vars = {}
@@ -123,7 +131,7 @@ def _dataset(
     return ds
 
 
-def _history_dataset(history: Sequence[Mapping[str, float]]) -> Any:
+def _history_dataset(history: Sequence[Mapping[str, float]]) -> xarray.Dataset:
     import xarray as xr
 
     keys = list(history[0])
@@ -133,24 +141,27 @@ def _history_dataset(history: Sequence[Mapping[str, float]]) -> Any:
     )
 
 
-def _assemble(groups: dict[str, Any]) -> Any:
+def _assemble(groups: dict[str, xarray.Dataset]) -> Any:
+    """An ``arviz.InferenceData`` with ArviZ 0.x, an ``xarray.DataTree`` with 1.x."""
     import arviz as az
 
     if int(az.__version__.split(".")[0]) >= 1:  # ArviZ 1.x: xarray.DataTree
         import xarray as xr
 
         return xr.DataTree.from_dict({name: ds for name, ds in groups.items()})
-    return az.InferenceData(**groups)
+    # ArviZ 0.x types its keywords attrs and warn_on_custom_groups, which a dict of
+    # groups cannot be checked against.
+    return az.InferenceData(**groups)  # type: ignore[arg-type]
 
 
 @torch.no_grad()
 def to_inference_data(
-    model: Callable[..., Any],
-    guide: Callable[..., Any],
+    model: Callable[..., object],
+    guide: Callable[..., object],
     *args: Any,
     num_samples: int = 1000,
     num_chains: int = 4,
-    lfvi: Any = None,
+    lfvi: LFVI | None = None,
     coords: Mapping[str, Any] | None = None,
     dims: Mapping[str, Sequence[str]] | None = None,
     prior: bool = True,
@@ -227,7 +238,7 @@ def to_inference_data(
         for name, site in m0.nodes.items()
         if site["type"] == "sample" and site_is_subsample(site) and name == roles.data_plate
     ]
-    sub_site: Any = None
+    sub_site: Site | None = None
     if subsampled and roles.num_points < roles.full_size:
         sub_name, sub_site = subsampled[0]
         chunks: list[torch.Tensor | None] = list(_chunks(roles.full_size, roles.num_points))
@@ -237,14 +248,14 @@ def to_inference_data(
     draws = pyro.plate(_DRAWS, num_samples * num_chains, dim=dim)
     latents = roles.global_ + roles.local
 
-    def run(fn: Callable[..., Any], replayed: Any, model_side: bool) -> Any:
+    def run(fn: Callable[..., object], replayed: poutine.Trace, model_side: bool) -> poutine.Trace:
         """Trace ``fn`` for all draws at once, replaying the given sites."""
         fn = poutine.replay(draws(fn), trace=replayed)
         return poutine.trace(poutine.uncondition(fn) if model_side else fn).get_trace(
             *args, **kwargs
         )
 
-    def replay_of(base: Any, sites: Mapping[str, Any] | None) -> Any:
+    def replay_of(base: poutine.Trace, sites: Mapping[str, Site] | None) -> poutine.Trace:
         out = base.copy()
         for name, site in (sites or {}).items():
             if name not in out.nodes:  # the guide may hold the minibatch site too
@@ -254,12 +265,12 @@ def to_inference_data(
     # Globals are drawn with the first chunk and replayed for the others, so
     # that every chunk of data points shares the same draws of the globals.
     posterior, prior_tr = [], []
-    post_globals: dict[str, Any] | None = None
-    prior_globals: dict[str, Any] | None = None
+    post_globals: dict[str, Site] | None = None
+    prior_globals: dict[str, Site] | None = None
     with poutine.block():
         for idx in chunks:
             base = poutine.Trace()
-            if sub_name is not None and idx is not None:
+            if sub_name is not None and sub_site is not None and idx is not None:
                 base.add_node(sub_name, **dict(sub_site, value=idx))
             g = run(guide_n, replay_of(base, post_globals), model_side=False)
             post_globals = post_globals or {n: g.nodes[n] for n in roles.global_}
@@ -292,7 +303,7 @@ def to_inference_data(
 
 
 def _observed(
-    per_chunk: list[tuple[torch.Tensor | None, Any]], names: list[str], plate: str | None
+    per_chunk: list[tuple[torch.Tensor | None, poutine.Trace]], names: list[str], plate: str | None
 ) -> dict[str, tuple[np.ndarray, list[str]]]:
     """The observations, from one draw of each chunk (they do not vary by draw)."""
     stripped = []
@@ -300,7 +311,7 @@ def _observed(
         copy = poutine.Trace()
         for name in names:
             site = trace.nodes[name]
-            obs = site["infer"]["obs"]
+            obs = cast("SiteInfer", site["infer"])["obs"]
             copy.add_node(name, **dict(site, value=obs))
         stripped.append((idx, copy))
     return _collect(stripped, names, plate, False)

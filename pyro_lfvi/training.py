@@ -8,18 +8,28 @@ discriminator's accuracy, and :func:`~pyro_lfvi.plot_history` draws ``LFVI.histo
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, SupportsFloat, cast
 
 from tqdm.auto import tqdm
 
 from .compat import elbo_of
 from .validation import check_positive_int
 
+if TYPE_CHECKING:  # matplotlib is optional and imported when plotting
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
 __all__ = ["fit", "plot_history"]
 
 
+class _Steps(Protocol):
+    """What :func:`fit` needs: an object with ``step``, such as :class:`pyro.infer.SVI`."""
+
+    def step(self, *args: Any, **kwargs: Any) -> SupportsFloat: ...
+
+
 def fit(
-    svi: Any,
+    svi: _Steps,
     *args: Any,
     num_steps: int,
     progress: bool = True,
@@ -72,7 +82,9 @@ def fit(
     return losses
 
 
-def plot_history(history: Sequence[Mapping[str, float]], axes: Any = None) -> Any:
+def plot_history(
+    history: Sequence[Mapping[str, float]], axes: Sequence[Axes] | None = None
+) -> Figure:
     """
     Plot the ELBO estimate, the discriminator loss and its accuracy per step.
 
@@ -96,7 +108,8 @@ def plot_history(history: Sequence[Mapping[str, float]], axes: Any = None) -> An
     if axes is None:
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     else:
-        fig = axes[0].figure
+        # Axes of a SubFigure would fail at tight_layout below, which it lacks.
+        fig = cast("Figure", axes[0].figure)
     steps = range(len(history))
     axes[0].plot(steps, [h["elbo"] for h in history])
     axes[0].set(title="ELBO estimate", xlabel="step", yscale="symlog")

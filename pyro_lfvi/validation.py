@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Any
 
 __all__ = [
     "check_shape",
@@ -15,28 +14,28 @@ __all__ = [
 ]
 
 
-def check_positive_int(name: str, value: Any) -> int:
+def check_positive_int(name: str, value: object) -> int:
     """Return ``value`` as an int, or raise ``ValueError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
         raise ValueError(f"Expected {name} to be an integer >= 1, actual {value!r}")
     return int(value)
 
 
-def check_nonnegative_int(name: str, value: Any) -> int:
+def check_nonnegative_int(name: str, value: object) -> int:
     """Return ``value`` as an int, or raise ``ValueError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 0:
         raise ValueError(f"Expected {name} to be an integer >= 0, actual {value!r}")
     return int(value)
 
 
-def check_positive_number(name: str, value: Any) -> float:
+def check_positive_number(name: str, value: object) -> float:
     """Return ``value`` as a float, or raise ``ValueError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) > 0:
         raise ValueError(f"Expected {name} to be a number > 0, actual {value!r}")
     return float(value)
 
 
-def check_sizes(name: str, value: Any) -> tuple[int, ...]:
+def check_sizes(name: str, value: object) -> tuple[int, ...]:
     """Return ``value`` as a tuple of ints >= 1, or raise ``ValueError`` naming ``name``."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise ValueError(
@@ -45,7 +44,7 @@ def check_sizes(name: str, value: Any) -> tuple[int, ...]:
     return tuple(check_positive_int(f"each of {name}", width) for width in value)
 
 
-def check_shape(name: str, value: Any) -> tuple[int, ...]:
+def check_shape(name: str, value: object) -> tuple[int, ...]:
     """Return ``value`` as a shape (a tuple of ints >= 0), or raise ``ValueError``."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise ValueError(f"Expected {name} to be a tuple of integers >= 0, actual {value!r}")
