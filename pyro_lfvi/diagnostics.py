@@ -30,11 +30,18 @@ from __future__ import annotations
 import math
 import statistics
 import warnings
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from .errors import LFVIWarning
 from .validation import check_positive_int, check_positive_number
+
+if TYPE_CHECKING:  # torch and the pairing are imported when first needed
+    import torch
+    from pyro.distributions import TorchDistribution
+
+    from .compat import Site
+    from .pairing import PairedJoints
 
 __all__ = ["TrainingMonitor", "discriminator_accuracy", "pair_checks"]
 
@@ -65,17 +72,20 @@ def discriminator_accuracy(
     return float(0.5 * (right_p.mean() + right_q.mean()))
 
 
-def _unconstrained_sd(site: Any, value: Any, draws: int) -> tuple[Any, Any]:
+def _unconstrained_sd(
+    site: Site, value: torch.Tensor, draws: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Spread over particles of the guide's value and of prior draws, unconstrained."""
     import torch
     from torch.distributions import biject_to
 
-    transform = biject_to(site["fn"].support)
-    prior = transform.inv(site["fn"].sample(torch.Size([draws])))
+    fn = cast("TorchDistribution", site["fn"])  # a sample site's distribution
+    transform = biject_to(fn.support)
+    prior = transform.inv(fn.sample(torch.Size([draws])))
     return transform.inv(value), prior
 
 
-def pair_checks(pair: Any) -> dict[str, float]:
+def pair_checks(pair: PairedJoints) -> dict[str, float]:
     """
     Per-step checks of one pairing, whatever the ratio estimator:
 
@@ -96,6 +106,7 @@ def pair_checks(pair: Any) -> dict[str, float]:
     import torch
 
     from .pairing import _to_rows
+    from .roles import site_dist, site_value
 
     out: dict[str, float] = {}
     sims = torch.cat(list(pair.p_observed.values()), -1).flatten(0, 1).detach()
@@ -112,7 +123,7 @@ def pair_checks(pair: Any) -> dict[str, float]:
     for name, rows in pair.q_local.items():
         site = pair.q_trace.nodes[name]
         try:
-            draws = site["fn"].sample(torch.Size([CHECK_DRAWS]))
+            draws = site_dist(pair.q_trace, name).sample(torch.Size([CHECK_DRAWS]))
         except NotImplementedError:
             continue
         prior = torch.stack([_to_rows(d, site["fn"], site, pair.lead) for d in draws])
@@ -125,7 +136,9 @@ def pair_checks(pair: Any) -> dict[str, float]:
     for name in pair.roles.global_:
         site = pair.q_trace.nodes[name]
         try:
-            value, prior = _unconstrained_sd(site, site["value"].detach(), 4 * CHECK_DRAWS)
+            value, prior = _unconstrained_sd(
+                site, site_value(pair.q_trace, name).detach(), 4 * CHECK_DRAWS
+            )
         except NotImplementedError:
             continue
         axis = 0 if value.dim() == prior.dim() - 1 else None
@@ -139,7 +152,7 @@ def pair_checks(pair: Any) -> dict[str, float]:
     return out
 
 
-_PAIR_RULES: list[tuple[str, float, int, str, Any]] = [
+_PAIR_RULES: list[tuple[str, float, int, str, Callable[[float, int, int], str]]] = [
     (
         "nonfinite_fraction",
         0.05,
@@ -202,6 +215,25 @@ def _median_mad(values: Sequence[float]) -> tuple[float, float]:
     return med, statistics.median(abs(v - med) for v in values)
 
 
+class MonitorState(TypedDict):
+    """What :meth:`TrainingMonitor.state_dict` returns: plain data only."""
+
+    window: int
+    saturation: float
+    chance_band: float
+    moving_sds: float
+    spread_factor: float
+    warned: list[str]
+    elbo: list[float]
+    acc: list[float]
+    centre: list[list[float]]
+    spread: list[list[float]]
+    best_median: float | None
+    best_mad: float
+    joint: bool
+    checks: dict[str, list[float]]
+
+
 class TrainingMonitor:
     """
     Watches a stream of LFVI step records and warns once per problem.
@@ -249,7 +281,7 @@ class TrainingMonitor:
         self.joint = True
         self._checks: dict[str, list[float]] = {}
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> MonitorState:
         """
         The monitor's settings and everything it has recorded, as plain data
         (dicts, lists, str, float, bool, None) that ``torch.load(...,
