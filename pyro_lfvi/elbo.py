@@ -20,13 +20,20 @@ from .contrastive import ContrastiveRatioEstimator
 from .controls import StepObjectives, TrainingControls
 from .diagnostics import TrainingMonitor, pair_checks
 from .discriminator import Summary
-from .errors import LFVIWarning
+from .errors import LFVIWarning, ModelStructureError
 from .implicit import ImplicitSite, name_implicit_sites
 from .joint import JointRatioEstimator
 from .pairing import PairedJoints, pair_joints, point_log_prob
 from .ratio import RatioEstimator, frozen_weights
 from .ratio_losses import RatioLoss, log_loss, resolve_ratio_loss
-from .roles import SiteRoles, classify_sites, plate_nesting, trace_guide, trace_model
+from .roles import (
+    SiteRoles,
+    classify_sites,
+    deepest_plate,
+    plate_nesting,
+    trace_guide,
+    trace_model,
+)
 from .validation import (
     check_nonnegative_int,
     check_positive_int,
@@ -501,8 +508,19 @@ class LFVI(TrainingControls, ELBO):
         with poutine.block(), torch.random.fork_rng():
             g = trace_guide(name_implicit_sites(guide), args, kwargs)
             m = trace_model(name_implicit_sites(model), g, args, kwargs)
+        needed = plate_nesting(g, m)
         if self.max_plate_nesting == float("inf"):
-            self.max_plate_nesting = plate_nesting(g, m) + 1
+            self.max_plate_nesting = needed + 1
+        else:
+            given = int(self.max_plate_nesting) - int(
+                self.vectorize_particles and self.num_particles > 1
+            )
+            if given < needed:
+                raise ModelStructureError(
+                    f"Expected max_plate_nesting >= {needed} (plate "
+                    f"'{deepest_plate(g, m)}' sits at dim {-needed}), actual {given}: "
+                    f"raise it, or leave it out to have LFVI count the plates"
+                )
         roles = classify_sites(m, g, None)
         if self.estimator is None:
             reason = self._joint_reason(roles, m, g)
@@ -568,7 +586,7 @@ class LFVI(TrainingControls, ELBO):
                 return f"local site '{name}' has an implicit guide"
         if self.model_params == "adversarial":
             return "model parameters are trained adversarially"
-        if not self._auto_particles and (self.num_particles < 2 or not self.vectorize_particles):
+        if not self.vectorize_particles or (not self._auto_particles and self.num_particles < 2):
             return "it needs two or more vectorised particles"
         for name in roles.global_:
             if isinstance(guide_trace.nodes[name]["fn"], dist.Delta):

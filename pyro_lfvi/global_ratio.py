@@ -80,7 +80,10 @@ def prior_contrast(site: Any, num_draws: int) -> PriorContrast:
         draws = transform.inv(fn.sample(torch.Size([num_draws])))
         loc, scale = fit_moments(draws)
     u = transform.inv(value)
-    normal = torch.distributions.Normal(loc, scale)
+    # One density per draw, as the bijection's log-determinant is.
+    normal = torch.distributions.Independent(
+        torch.distributions.Normal(loc, scale), len(fn.event_shape)
+    )
     log_det = transform.log_abs_det_jacobian(u, value)
     log_ref = normal.log_prob(u) - log_det
     size = max(int(torch.Size(fn.event_shape).numel()), 1)

@@ -163,6 +163,9 @@ class ImplicitSite(TorchDistribution):
         self.vectorized = bool(vectorized)
         self._support = support
         self.site_name: str | None = None
+        # How many leading event dims were batch dims that to_event reinterpreted:
+        # the simulator still runs over them as a batch.
+        self._reinterpreted = 0
         self.allow_nonfinite = False
         super().__init__(
             batch_shape=inferred,
@@ -200,6 +203,38 @@ class ImplicitSite(TorchDistribution):
         )
         return new
 
+    def to_event(self, reinterpreted_batch_ndims: int | None = None) -> ImplicitSite:  # type: ignore[override]
+        """
+        Reinterpret the rightmost batch dims as event dims, as
+        :meth:`pyro.distributions.TorchDistributionMixin.to_event` does, but
+        return an :class:`ImplicitSite` (not an ``Independent`` wrapper), so
+        that LFVI still sees an implicit site. The simulator is called exactly
+        as before.
+
+        :param int reinterpreted_batch_ndims: how many batch dims (default all).
+        """
+        rank = len(self.batch_shape)
+        n = rank if reinterpreted_batch_ndims is None else reinterpreted_batch_ndims
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 0 <= n <= rank:
+            raise ValueError(
+                f"Expected reinterpreted_batch_ndims between 0 and the batch rank {rank} of "
+                f"{self._describe()} (batch shape {tuple(self.batch_shape)}), actual {n!r}"
+            )
+        if n == 0:
+            return self
+        new = copy.copy(self)
+        new._reinterpreted = self._reinterpreted + int(n)
+        super(ImplicitSite, new).__init__(
+            batch_shape=self.batch_shape[: rank - n],
+            event_shape=self.batch_shape[rank - n :] + self.event_shape,
+            validate_args=False,
+        )
+        return new
+
+    def _simulation_batch(self) -> torch.Size:
+        """The batch the simulator runs over: batch shape and reinterpreted dims."""
+        return self.batch_shape + self.event_shape[: self._reinterpreted]
+
     def _describe(self) -> str:
         if self.site_name:
             return f"site '{self.site_name}'"
@@ -211,7 +246,7 @@ class ImplicitSite(TorchDistribution):
         for p, d in zip(self.params, self.param_event_dims, strict=False):
             if isinstance(p, torch.Tensor):
                 ev = p.shape[p.dim() - d :] if d else torch.Size()
-                p = p.expand(sample_shape + self.batch_shape + ev)
+                p = p.expand(sample_shape + self._simulation_batch() + ev)
             out.append(p)
         return out
 
@@ -237,7 +272,7 @@ class ImplicitSite(TorchDistribution):
         return self._check_value(value, sample_shape)
 
     def _simulate_each(self, params: list[Any], sample_shape: torch.Size) -> Any:
-        batch = sample_shape + self.batch_shape
+        batch = sample_shape + self._simulation_batch()
         n = batch.numel()
         flat: list[torch.Tensor | None] = []
         for p, d in zip(params, self.param_event_dims, strict=False):
@@ -250,7 +285,7 @@ class ImplicitSite(TorchDistribution):
             args = [f[i] if f is not None else p for f, p in zip(flat, params, strict=False)]
             draws.append(self._to_tensor(self.simulator(*args)))
         if not draws:
-            return torch.empty(batch + self.event_shape)
+            return torch.empty(sample_shape + self.batch_shape + self.event_shape)
         return torch.stack(draws).reshape(batch + draws[0].shape)
 
     def _to_tensor(self, value: Any) -> torch.Tensor:

@@ -125,6 +125,27 @@ def _to_rows(value: torch.Tensor, fn: Any, site: Any, lead: list[str | None]) ->
     return full.reshape([*lead_sizes, -1])
 
 
+def _check_declared_dims(name: str, site: Any) -> None:
+    """
+    Refuse a site whose batch shape has a dim of size > 1 that no plate
+    declares: LFVI would otherwise mix it silently into the particle or data
+    dims (for instance a vector global passed to an ImplicitSite without
+    ``param_event_dims``).
+    """
+    fn = site["fn"]
+    batch = tuple(getattr(fn, "batch_shape", ()))
+    declared = {int(f.dim) for f in site["cond_indep_stack"] if f.dim is not None}
+    for dim in range(-1, -len(batch) - 1, -1):  # rightmost first: the likeliest culprit
+        if batch[dim] > 1 and dim not in declared:
+            raise ModelStructureError(
+                f"Site '{name}' has batch shape {batch}, whose dim {dim} (size "
+                f"{batch[dim]}) no plate declares. If that dim belongs to one draw, make "
+                f"it an event dim: event_shape= (or .to_event) for the site, and "
+                f"param_event_dims= for a vector parameter of an ImplicitSite; if it "
+                f"indexes data, open a pyro.plate for it"
+            )
+
+
 def _point_shape(site: Any, rows: torch.Tensor) -> PointShape:
     """The layout of one data point: nested-plate elements and the event shape."""
     event = tuple(int(s) for s in getattr(site["fn"], "event_shape", ()))
@@ -386,6 +407,7 @@ def pair_joints(
                     f"not depend on whether data are observed"
                 )
             site = trace.nodes[name]
+            _check_declared_dims(name, site)
             out[name] = _to_rows(site_value(trace, name), site["fn"], site, lead_)
         return out
 

@@ -26,6 +26,7 @@ __all__ = [
     "SiteRoles",
     "check_globals",
     "classify_sites",
+    "deepest_plate",
     "frame_names",
     "plate_nesting",
     "sample_sites",
@@ -76,6 +77,19 @@ def plate_nesting(*traces: Trace) -> int:
         for f in site["cond_indep_stack"]
     ]
     return max([*dims, 0])
+
+
+def deepest_plate(*traces: Trace) -> str | None:
+    """The name of the plate at the leftmost dim in the traces (None without plates)."""
+    frames = [
+        f
+        for trace in traces
+        for site in trace.nodes.values()
+        if site["type"] == "sample"
+        for f in site["cond_indep_stack"]
+        if f.dim is not None
+    ]
+    return min(frames, key=lambda f: int(f.dim or 0)).name if frames else None
 
 
 def frame_names(site: Any, skip: str | None) -> list[str]:

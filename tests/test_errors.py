@@ -88,6 +88,12 @@ def vector_guide(data):
     pyro.sample("mu", dist.Normal(loc.expand(4), 1.0).to_event(1))
 
 
+def vector_model_dim2(data):
+    theta = pyro.sample("mu", dist.Normal(torch.zeros(4), 1.0).to_event(1))
+    with pyro.plate("data", len(data), dim=-2):
+        pyro.sample("x", ImplicitSite(noisy, theta), obs=data)
+
+
 def positive_scale_model(data):
     s = pyro.sample("mu", dist.HalfNormal(1.0))
     with pyro.plate("data", len(data)):
@@ -217,6 +223,19 @@ CASES = [
         ModelStructureError,
         r"Site 'x' does not fit plate 'data'.*4 at dim -1 where the plate has 8.*"
         r"param_event_dims=1",
+    ),
+    Case(
+        "vector global fed to a site in a dim -2 plate without param_event_dims",
+        step(vector_model_dim2, vector_guide, data=DATA.unsqueeze(-1)),
+        ModelStructureError,
+        r"Site 'x' has batch shape \(.*8, 4\), whose dim -1 \(size 4\) no plate declares.*"
+        r"param_event_dims=",
+    ),
+    Case(
+        "max_plate_nesting below the model's plates",
+        step(vector_model_dim2, vector_guide, DATA.unsqueeze(-1), LFVI(max_plate_nesting=1)),
+        ModelStructureError,
+        r"Expected max_plate_nesting >= 2 \(plate 'data' sits at dim -2\), actual 1",
     ),
     Case(
         "guide value shaped unlike the prior",
@@ -360,6 +379,12 @@ CASES = [
         lambda: ImplicitSite(noisy, torch.zeros(2), support="positive"),
         ValueError,
         r"support to be a torch constraint.*actual 'positive'",
+    ),
+    Case(
+        "to_event beyond the batch rank",
+        lambda: ImplicitSite(noisy, torch.zeros(4)).to_event(2),
+        ValueError,
+        r"reinterpreted_batch_ndims between 0 and the batch rank 1.*actual 2",
     ),
     Case(
         "expand to a clashing batch shape",

@@ -146,3 +146,24 @@ def pyro_lfvi_named(fn):
     from pyro_lfvi.implicit import name_implicit_sites
 
     return name_implicit_sites(fn)
+
+
+def test_to_event_stays_implicit_and_simulates_as_before():
+    calls = []
+
+    def sim(loc):
+        calls.append(loc.shape)
+        return loc + torch.randn_like(loc)
+
+    site = ImplicitSite(sim, torch.zeros(4, 3)).to_event(1)
+    assert isinstance(site, ImplicitSite)
+    assert site.batch_shape == (4,) and site.event_shape == (3,)
+    assert site.sample((2,)).shape == (2, 4, 3) and calls[-1] == (2, 4, 3)
+    assert site.expand((5, 4)).sample().shape == (5, 4, 3) and calls[-1] == (5, 4, 3)
+    with pytest.raises(ImplicitDensityError):
+        site.log_prob(torch.zeros(4, 3))
+
+    each = ImplicitSite(lambda m: float(m) + 1.0, torch.zeros(2, 3), vectorized=False).to_event()
+    assert each.event_shape == (2, 3) and torch.equal(each.sample(), torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"reinterpreted_batch_ndims between 0 and the batch"):
+        ImplicitSite(sim, torch.zeros(4)).to_event(2)
