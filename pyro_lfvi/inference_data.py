@@ -41,8 +41,12 @@ def _dims(
     """Name each axis after its plate (or ``<site>_dim_k``), dropping empty ones."""
     fn = site["fn"]
     event_dim = len(getattr(fn, "event_shape", ()))
-    # A sequential plate's frame has dim None, which int() rejects.
-    frames = {int(cast(int, f.dim)): f.name for f in site["cond_indep_stack"] if f.name != _DRAWS}
+    # A sequential plate's frame has no dim (each iteration is a site of its own).
+    frames = {
+        int(f.dim): f.name
+        for f in site["cond_indep_stack"]
+        if f.name != _DRAWS and f.dim is not None
+    }
     batch_rank = value.dim() - event_dim
     keep, names = [], []
     for axis in range(value.dim()):

@@ -93,7 +93,12 @@ def deepest_plate(*traces: Trace) -> str | None:
 
 
 def frame_names(site: Any, skip: str | None) -> list[str]:
-    return [f.name for f in site["cond_indep_stack"] if f.name != skip]
+    """
+    The site's vectorised plates, except ``skip``. A sequential plate (no
+    dim) is left out: each of its iterations is a site of its own, so it
+    cannot index data points along a dim.
+    """
+    return [f.name for f in site["cond_indep_stack"] if f.name != skip and f.dim is not None]
 
 
 def classify_sites(model_trace: Trace, guide_trace: Trace, particle_plate: str | None) -> SiteRoles:

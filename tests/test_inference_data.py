@@ -5,11 +5,12 @@ import warnings
 import arviz as az
 import numpy as np
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from fitting import train
 
-from pyro_lfvi import LFVI, to_inference_data
+from pyro_lfvi import LFVI, ImplicitSite, to_inference_data
 from pyro_lfvi.examples import ConjugateNormal, HierarchicalNormal
 
 ARVIZ_1 = int(az.__version__.split(".")[0]) >= 1
@@ -97,3 +98,25 @@ def test_arviz_1_returns_a_datatree():  # pragma: no cover - runs where ArviZ 1.
     assert isinstance(data, xr.DataTree)
     assert data["posterior"]["mu"].shape == (4, 10)
     az.summary(data, var_names=["mu"])
+
+
+def test_sequential_plates_train_and_convert():
+    # Each iteration of a sequential plate is a site of its own: no data plate
+    # along a dim is shared, so each observed site is one whole observation.
+    def model(data):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        for i in pyro.plate("groups", 2):
+            with pyro.plate(f"data_{i}", 5):
+                pyro.sample(
+                    f"x_{i}", ImplicitSite(lambda m: m + torch.randn_like(m), mu), obs=data[i]
+                )
+
+    def guide(data):
+        pyro.sample("mu", dist.Normal(pyro.param("loc", torch.tensor(0.0)), 1.0))
+
+    data = torch.randn(2, 5)
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), LFVI())
+    assert np.isfinite(svi.step(data))
+    idata = to_inference_data(model, guide, data, num_samples=10, num_chains=2)
+    assert idata["posterior"]["mu"].shape == (2, 10)
+    assert idata["posterior_predictive"]["x_1"].dims == ("chain", "draw", "data_1")
