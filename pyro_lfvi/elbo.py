@@ -30,6 +30,7 @@ from .roles import (
     SiteRoles,
     classify_sites,
     deepest_plate,
+    dist_of,
     plate_nesting,
     trace_guide,
     trace_model,
@@ -716,7 +717,7 @@ class LFVI(TrainingControls, ELBO):
         for name in pair.roles.observed:
             site = trace.nodes[name]
             value = cast(torch.Tensor, site["value"])  # Pyro types it as Optional
-            true = true + point_log_prob(site["fn"], value, site, pair.lead)
+            true = true + point_log_prob(dist_of(site), value, site, pair.lead)
         learned = log_ratio - log_ratio.mean(0, keepdim=True)
         true = true - true.mean(0, keepdim=True)
         slope = float((learned * true).sum() / (true * true).sum().clamp_min(1e-12))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pyro.distributions as dist
 import torch
@@ -34,16 +34,21 @@ from .roles import (
     SiteRoles,
     check_globals,
     classify_sites,
+    dist_of,
     frame_names,
     sample_sites,
     site_dist,
     site_value,
     trace_guide,
     trace_model,
+    value_of,
 )
 
 PRIOR_DRAWS = 64
 """Draws of an implicit global prior per particle and step."""
+
+if TYPE_CHECKING:
+    from .compat import Site
 
 __all__ = [
     "PairedJoints",
@@ -98,7 +103,7 @@ class PairedJoints:
     observed_points: dict[str, PointShape]
 
 
-def _to_rows(value: torch.Tensor, fn: Any, site: Any, lead: list[str | None]) -> torch.Tensor:
+def _to_rows(value: torch.Tensor, fn: object, site: Site, lead: list[str | None]) -> torch.Tensor:
     """
     Move the plate dims named in ``lead`` to the front, flatten the rest, in
     the default float dtype (the ratio estimator's networks use it, whatever
@@ -109,7 +114,7 @@ def _to_rows(value: torch.Tensor, fn: Any, site: Any, lead: list[str | None]) ->
     shape = torch.Size(getattr(fn, "batch_shape", value.shape[: value.dim() - event_dim]))
     full = value.expand(shape + value.shape[value.dim() - event_dim :])
     frames = {f.name: f for f in site["cond_indep_stack"]}
-    need = max([-frames[n].dim for n in lead if n is not None and n in frames] + [0])
+    need = max([-int(frames[n].dim or 0) for n in lead if n is not None and n in frames] + [0])
     pad = need - (full.dim() - event_dim)
     if pad > 0:
         full = full.reshape((1,) * pad + full.shape)
@@ -117,7 +122,7 @@ def _to_rows(value: torch.Tensor, fn: Any, site: Any, lead: list[str | None]) ->
     moved = []
     for name in lead:
         if name is not None and name in frames:
-            moved.append(batch_rank + frames[name].dim)
+            moved.append(batch_rank + int(frames[name].dim or 0))
     full = full.movedim(moved, list(range(len(moved)))) if moved else full
     sizes = list(full.shape[: len(moved)])
     it = iter(sizes)
@@ -125,7 +130,7 @@ def _to_rows(value: torch.Tensor, fn: Any, site: Any, lead: list[str | None]) ->
     return full.reshape([*lead_sizes, -1])
 
 
-def _check_declared_dims(name: str, site: Any) -> None:
+def _check_declared_dims(name: str, site: Site) -> None:
     """
     Refuse a site whose batch shape has a dim of size > 1 that no plate
     declares: LFVI would otherwise mix it silently into the particle or data
@@ -146,7 +151,7 @@ def _check_declared_dims(name: str, site: Any) -> None:
             )
 
 
-def _point_shape(site: Any, rows: torch.Tensor) -> PointShape:
+def _point_shape(site: Site, rows: torch.Tensor) -> PointShape:
     """The layout of one data point: nested-plate elements and the event shape."""
     event = tuple(int(s) for s in getattr(site["fn"], "event_shape", ()))
     size = 1
@@ -155,10 +160,10 @@ def _point_shape(site: Any, rows: torch.Tensor) -> PointShape:
     return PointShape(max(1, int(rows.shape[-1]) // max(1, size)), event)
 
 
-def _particle_axis(value: torch.Tensor, site: Any, particle_plate: str) -> int:
+def _particle_axis(value: torch.Tensor, site: Site, particle_plate: str) -> int:
     frame = next(f for f in site["cond_indep_stack"] if f.name == particle_plate)
-    event_dim = len(site["fn"].event_shape)
-    return value.dim() - event_dim + frame.dim
+    event_dim = len(dist_of(site).event_shape)
+    return value.dim() - event_dim + int(frame.dim or 0)
 
 
 def widen_globals(
@@ -233,13 +238,15 @@ def _within_prior(u: torch.Tensor, prior: Any) -> torch.Tensor:
     return torch.maximum(torch.minimum(u, high), low)
 
 
-def point_log_prob(fn: Any, value: torch.Tensor, site: Any, lead: list[str | None]) -> torch.Tensor:
+def point_log_prob(
+    fn: Distribution, value: torch.Tensor, site: Site, lead: list[str | None]
+) -> torch.Tensor:
     """``fn.log_prob(value)`` summed to one number per (particle, data point)."""
     log_p = fn.log_prob(value)
     return _to_rows(log_p, None, site, lead).sum(-1)
 
 
-def gaussian_contrast(site: Any, num_draws: int) -> Distribution:
+def gaussian_contrast(site: Site, num_draws: int) -> Distribution:
     """
     A Normal fitted, per batch element, to the value of an implicit guide
     site and ``num_draws`` fresh draws of it: an explicit stand-in for its
@@ -253,10 +260,10 @@ def gaussian_contrast(site: Any, num_draws: int) -> Distribution:
     inflate its estimated entropy with rare outliers that the fresh draws
     happen to miss.
     """
-    fn = site["fn"]
+    fn = dist_of(site)
     with torch.no_grad():
         extra = fn.sample(torch.Size([num_draws]))
-        draws = torch.cat([site["value"].detach().expand(extra.shape[1:]).unsqueeze(0), extra])
+        draws = torch.cat([value_of(site).detach().expand(extra.shape[1:]).unsqueeze(0), extra])
         loc, scale = fit_moments(draws)
     return dist.Normal(loc, scale).to_event(len(fn.event_shape))
 
@@ -274,12 +281,12 @@ def _local_offset(
         value = site_value(values, name)
         site = guide_trace.nodes[name]
         total = total + point_log_prob(site_dist(prior_trace, name), value, site, lead)
-        total = total - point_log_prob(densities.get(name, site["fn"]), value, site, lead)
+        total = total - point_log_prob(densities.get(name, dist_of(site)), value, site, lead)
     return total
 
 
-def _site_log_prob(site: Any) -> torch.Tensor:
-    log_p = site["fn"].log_prob(site["value"])
+def _site_log_prob(site: Site) -> torch.Tensor:
+    log_p = dist_of(site).log_prob(value_of(site))
     scale = site["scale"]
     return (log_p * scale).sum()
 

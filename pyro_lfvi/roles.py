@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from pyro import poutine
@@ -22,16 +22,21 @@ from .compat import duplicate_site_name, plate_shape_mismatch, site_is_subsample
 from .errors import ImplicitDensityError, ModelStructureError
 from .implicit import ImplicitSite
 
+if TYPE_CHECKING:
+    from .compat import Site
+
 __all__ = [
     "SiteRoles",
     "check_globals",
     "classify_sites",
     "deepest_plate",
+    "dist_of",
     "frame_names",
     "plate_nesting",
     "sample_sites",
     "site_dist",
     "site_value",
+    "value_of",
     "trace_guide",
     "trace_model",
 ]
@@ -49,12 +54,22 @@ class SiteRoles:
     full_size: int
 
 
-def sample_sites(trace: Trace) -> OrderedDict[str, Any]:
+def sample_sites(trace: Trace) -> OrderedDict[str, Site]:
     return OrderedDict(
         (name, site)
         for name, site in trace.nodes.items()
         if site["type"] == "sample" and not site_is_subsample(site)
     )
+
+
+def dist_of(site: Site) -> Distribution:
+    """A sample site's distribution (Pyro types it as any callable)."""
+    return cast(Distribution, site["fn"])
+
+
+def value_of(site: Site) -> torch.Tensor:
+    """A sample site's value (Pyro types it as optional)."""
+    return cast(torch.Tensor, site["value"])
 
 
 def site_dist(trace: Trace, name: str) -> Distribution:
@@ -92,7 +107,7 @@ def deepest_plate(*traces: Trace) -> str | None:
     return min(frames, key=lambda f: int(f.dim or 0)).name if frames else None
 
 
-def frame_names(site: Any, skip: str | None) -> list[str]:
+def frame_names(site: Site, skip: str | None) -> list[str]:
     """
     The site's vectorised plates, except ``skip``. A sequential plate (no
     dim) is left out: each of its iterations is a site of its own, so it
@@ -272,7 +287,7 @@ def _prior_trace(
         return None
 
 
-def _guide_sites(prior: Trace | None, guide_trace: Trace | None) -> list[tuple[str, Any, Any]]:
+def _guide_sites(prior: Trace | None, guide_trace: Trace | None) -> list[tuple[str, Site, Site]]:
     """(name, guide site, model site) for each latent both traces share."""
     if prior is None or guide_trace is None:
         return []
