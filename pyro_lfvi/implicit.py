@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import numbers
+import pickle
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -19,6 +20,30 @@ __all__ = ["ImplicitSite", "NameImplicitSitesMessenger", "name_implicit_sites", 
 
 
 _Shape = torch.Size | list[int] | tuple[int, ...]
+
+# With an executor and no chunksize, one simulation is sent as at most this many tasks.
+_MAX_TASKS = 256
+
+
+class _RowError(Exception):
+    """A simulator's exception in a worker, with the row it failed on (``args``: row, error)."""
+
+
+def _run_rows(
+    simulator: Callable[..., Any], rows: list[tuple[Any, ...]], seeds: list[int], start: int
+) -> list[Any]:
+    """The task an executor runs: ``simulator(*row, rng=default_rng(seed))`` for each row."""
+    out = []
+    for j, (args, seed) in enumerate(zip(rows, seeds, strict=True)):
+        try:
+            out.append(simulator(*args, rng=np.random.default_rng(seed)))
+        except Exception as err:
+            try:  # the error travels back to the caller's process
+                pickle.dumps(err)
+            except Exception:
+                err = RuntimeError(f"{type(err).__name__}: {err}")
+            raise _RowError(start + j, err) from err
+    return out
 
 
 def _as_param(value: Any) -> Any:
@@ -85,7 +110,30 @@ class ImplicitSite(TorchDistribution):
     :type support: ~torch.distributions.constraints.Constraint
     :param bool vectorized: whether the simulator accepts batched parameters.
         If False, it is called once per batch element (slow; for simulators
-        that take one parameter set at a time). Default True.
+        that take one parameter set at a time). Default True, or False with an
+        ``executor`` (``vectorized=True`` with an executor is a ``ValueError``).
+    :param executor: run an expensive simulator in parallel, one call per batch
+        element, through the ``submit`` method of this
+        ``concurrent.futures.Executor``: a ``ProcessPoolExecutor`` on one
+        machine, a Dask cluster's ``Client.get_executor()`` across machines;
+        any object whose ``submit(fn, *args)`` returns a future with
+        ``result()`` and ``cancel()`` works (for Ray, which ships no
+        executor, ``submit`` can return ``ray.remote(fn).remote(*args).future()``).
+        The simulator is then called as
+        ``simulator(*row, rng=rng)``, where ``row`` holds one batch element's
+        parameters as numpy arrays (Python numbers where that element is a
+        scalar; parameters that are not tensors, numbers or arrays as given)
+        and ``rng`` is a :class:`numpy.random.Generator` seeded for that
+        element. It must draw all its noise from ``rng`` and return a number or
+        numpy array of shape ``event_shape``. The seeds are drawn from torch's
+        generator in one call per simulation, so under ``pyro.set_rng_seed``
+        the draws are the same bit for bit whatever the number of workers or
+        the chunk size. For process pools and clusters, the simulator, its
+        parameters and its results must be picklable: define the simulator at
+        module level (not a lambda or a nested function). A simulator run by
+        an executor cannot be ``reparameterized``. Default None (in process).
+    :param int chunksize: with an executor, how many batch elements each task
+        simulates (default: the batch split into at most 256 tasks).
     :param batch_shape: optional explicit batch shape, to broadcast to.
     :type batch_shape: torch.Size
 
@@ -105,12 +153,39 @@ class ImplicitSite(TorchDistribution):
         param_event_dims: int | Sequence[int] = 0,
         reparameterized: bool = False,
         support: constraints.Constraint = constraints.real,
-        vectorized: bool = True,
+        vectorized: bool | None = None,
         batch_shape: Sequence[int] | None = None,
         validate_args: bool | None = None,
+        executor: Any = None,
+        chunksize: int | None = None,
     ) -> None:
         if not callable(simulator):
             raise ValueError(f"Expected a callable simulator, actual {type(simulator).__name__}")
+        if executor is not None:
+            if not callable(getattr(executor, "submit", None)):
+                raise ValueError(
+                    f"Expected executor to be a concurrent.futures.Executor (an object with a "
+                    f"submit method, e.g. ProcessPoolExecutor or a Dask client's "
+                    f"get_executor()), actual {type(executor).__name__}"
+                )
+            if vectorized:
+                raise ValueError(
+                    "Expected vectorized=False (or left out) with an executor: the executor "
+                    "calls the simulator once per batch element. Drop executor= to call a "
+                    "vectorised simulator once in process"
+                )
+            if reparameterized:
+                raise ValueError(
+                    "Expected reparameterized=False with an executor: the workers receive "
+                    "numpy copies of the parameters, so no gradient flows through the simulator"
+                )
+            vectorized = False
+        if chunksize is not None and (
+            isinstance(chunksize, bool)
+            or not isinstance(chunksize, numbers.Integral)
+            or chunksize < 1
+        ):
+            raise ValueError(f"Expected chunksize to be an int >= 1 or None, actual {chunksize!r}")
         params_t = tuple(_as_param(p) for p in params)
         event_shape = check_shape("event_shape", event_shape)
         if not isinstance(support, constraints.Constraint):
@@ -160,7 +235,9 @@ class ImplicitSite(TorchDistribution):
         self.params = params_t
         self.param_event_dims = ev_dims
         self.reparameterized = bool(reparameterized)
-        self.vectorized = bool(vectorized)
+        self.vectorized = True if vectorized is None else bool(vectorized)
+        self.executor = executor
+        self.chunksize = None if chunksize is None else int(chunksize)
         self._support = support
         self.site_name: str | None = None
         # How many leading event dims were batch dims that to_event reinterpreted:
@@ -253,7 +330,9 @@ class ImplicitSite(TorchDistribution):
     def _simulate(self, sample_shape: torch.Size) -> torch.Tensor:
         params = self._broadcast_params(sample_shape)
         try:
-            if self.vectorized:
+            if self.executor is not None:
+                value = self._simulate_executor(params, sample_shape)
+            elif self.vectorized:
                 value = self.simulator(*params)
             else:
                 value = self._simulate_each(params, sample_shape)
@@ -287,6 +366,81 @@ class ImplicitSite(TorchDistribution):
         if not draws:
             return torch.empty(sample_shape + self.batch_shape + self.event_shape)
         return torch.stack(draws).reshape(batch + draws[0].shape)
+
+    def _simulate_executor(self, params: list[Any], sample_shape: torch.Size) -> torch.Tensor:
+        batch = sample_shape + self._simulation_batch()
+        n = batch.numel()
+        # One draw for the whole batch, before anything is sent: the torch stream
+        # consumed and each row's seed depend on neither the workers nor the chunks.
+        seeds = torch.randint(0, 2**63 - 1, (n,), dtype=torch.int64).tolist()
+        if n == 0:
+            return torch.empty(sample_shape + self.batch_shape + self.event_shape)
+        columns: list[list[Any]] = []
+        for p, d in zip(params, self.param_event_dims, strict=False):
+            if isinstance(p, torch.Tensor):
+                flat = p.detach().reshape((n, *p.shape[p.dim() - d :]) if d else (n,))
+                array = flat.cpu().numpy()
+                columns.append(array.tolist() if d == 0 else [row.copy() for row in array])
+            else:
+                columns.append([p] * n)
+        rows = list(zip(*columns, strict=True)) if columns else [()] * n
+        size = self.chunksize or -(-n // _MAX_TASKS)
+        futures = []
+        values: list[Any] = []
+        try:
+            for start in range(0, n, size):
+                end = start + size
+                futures.append(
+                    self.executor.submit(
+                        _run_rows, self.simulator, rows[start:end], seeds[start:end], start
+                    )
+                )
+            for future in futures:
+                values.extend(future.result())
+        except _RowError as failure:
+            for future in futures:
+                future.cancel()
+            row, err = failure.args
+            cause = failure.__cause__
+            if err.__traceback__ is None and err.__cause__ is None and cause is not err:
+                err.__cause__ = cause  # a process pool's remote traceback
+            index = tuple(int(i) for i in np.unravel_index(row, tuple(batch)))
+            hint = (
+                "; with an executor the simulator is called as simulator(*params, "
+                "rng=numpy.random.Generator) and must accept the rng keyword"
+                if isinstance(err, TypeError) and "rng" in str(err)
+                else ""
+            )
+            raise SimulatorError(
+                f"The simulator of {self._describe()} raised {type(err).__name__}: {err} "
+                f"in a worker, at batch element {index} (row {row} of {n}; parameters "
+                f"{[type(a).__name__ for a in rows[row]]}){hint}"
+            ) from err
+        except Exception as err:
+            for future in futures:
+                future.cancel()
+            raise SimulatorError(self._executor_failure(err)) from err
+        draws = [self._to_tensor(v) for v in values]
+        return torch.stack(draws).reshape(batch + draws[0].shape)
+
+    def _executor_failure(self, err: Exception) -> str:
+        """The message for an executor that failed outside the simulator."""
+        try:
+            pickle.dumps(self.simulator)
+        except Exception as why:
+            seen, reason = f"{type(err).__name__}: {err}", f"{type(why).__name__}: {why}"
+            detail = reason if seen == reason else f"{seen}; pickling the simulator: {reason}"
+            return (
+                f"The executor could not run the simulator of {self._describe()}: it cannot "
+                f"be pickled ({detail}). Define the simulator at module level (not a "
+                f"lambda, a nested function or a method of an unpicklable object) so that "
+                f"worker processes can import it"
+            )
+        return (
+            f"The executor failed to run the simulator of {self._describe()}: "
+            f"{type(err).__name__}: {err}. With a process pool or a cluster, the "
+            f"simulator, its parameters and its results must be picklable"
+        )
 
     def _to_tensor(self, value: Any) -> torch.Tensor:
         if not isinstance(value, torch.Tensor):
