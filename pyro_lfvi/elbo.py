@@ -21,7 +21,8 @@ from .controls import StepObjectives, TrainingControls
 from .diagnostics import TrainingMonitor, pair_checks
 from .discriminator import Summary
 from .errors import LFVIWarning, ModelStructureError
-from .implicit import ImplicitSite, name_implicit_sites
+from .handlers import name_implicit_sites
+from .implicit import ImplicitSite
 from .joint import JointRatioEstimator
 from .pairing import PairedJoints, pair_joints, point_log_prob
 from .ratio import RatioEstimator, frozen_weights
@@ -589,8 +590,15 @@ class LFVI(TrainingControls, ELBO):
             return "model parameters are trained adversarially"
         if not self.vectorize_particles or (not self._auto_particles and self.num_particles < 2):
             return "it needs two or more vectorised particles"
+        # An autoguide's point masses sit on transforms of auxiliary draws
+        # (AutoNormal's '<name>_unconstrained', AutoDiagonalNormal's joint latent):
+        # a distribution over the globals, not variational EM.
+        auxiliary = any(
+            site["type"] == "sample" and (site["infer"] or {}).get("is_auxiliary")
+            for site in guide_trace.nodes.values()
+        )
         for name in roles.global_:
-            if isinstance(guide_trace.nodes[name]["fn"], dist.Delta):
+            if isinstance(guide_trace.nodes[name]["fn"], dist.Delta) and not auxiliary:
                 return f"global site '{name}' has a point-mass guide (variational EM)"
         if self._joint_options:
             return f"options of the joint classifier were given ({', '.join(self._joint_options)})"

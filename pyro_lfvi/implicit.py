@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import numbers
-import pickle
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -12,38 +11,14 @@ import numpy as np
 import torch
 from pyro.distributions import TorchDistribution, constraints
 
-from .compat import Messenger
-from .errors import ImplicitDensityError, ModelStructureError, SimulatorError
+from .errors import ImplicitDensityError, SimulatorError
+from .executor import map_rows
 from .validation import check_nonnegative_int, check_shape
 
-__all__ = ["ImplicitSite", "NameImplicitSitesMessenger", "name_implicit_sites", "observed_value"]
+__all__ = ["ImplicitSite"]
 
 
 _Shape = torch.Size | list[int] | tuple[int, ...]
-
-# With an executor and no chunksize, one simulation is sent as at most this many tasks.
-_MAX_TASKS = 256
-
-
-class _RowError(Exception):
-    """A simulator's exception in a worker, with the row it failed on (``args``: row, error)."""
-
-
-def _run_rows(
-    simulator: Callable[..., Any], rows: list[tuple[Any, ...]], seeds: list[int], start: int
-) -> list[Any]:
-    """The task an executor runs: ``simulator(*row, rng=default_rng(seed))`` for each row."""
-    out = []
-    for j, (args, seed) in enumerate(zip(rows, seeds, strict=True)):
-        try:
-            out.append(simulator(*args, rng=np.random.default_rng(seed)))
-        except Exception as err:
-            try:  # the error travels back to the caller's process
-                pickle.dumps(err)
-            except Exception:
-                err = RuntimeError(f"{type(err).__name__}: {err}")
-            raise _RowError(start + j, err) from err
-    return out
 
 
 def _as_param(value: Any) -> Any:
@@ -369,78 +344,19 @@ class ImplicitSite(TorchDistribution):
 
     def _simulate_executor(self, params: list[Any], sample_shape: torch.Size) -> torch.Tensor:
         batch = sample_shape + self._simulation_batch()
-        n = batch.numel()
-        # One draw for the whole batch, before anything is sent: the torch stream
-        # consumed and each row's seed depend on neither the workers nor the chunks.
-        seeds = torch.randint(0, 2**63 - 1, (n,), dtype=torch.int64).tolist()
-        if n == 0:
+        values = map_rows(
+            self.executor,
+            self.simulator,
+            params,
+            self.param_event_dims,
+            batch,
+            self.chunksize,
+            self._describe(),
+        )
+        if not values:
             return torch.empty(sample_shape + self.batch_shape + self.event_shape)
-        columns: list[list[Any]] = []
-        for p, d in zip(params, self.param_event_dims, strict=False):
-            if isinstance(p, torch.Tensor):
-                flat = p.detach().reshape((n, *p.shape[p.dim() - d :]) if d else (n,))
-                array = flat.cpu().numpy()
-                columns.append(array.tolist() if d == 0 else [row.copy() for row in array])
-            else:
-                columns.append([p] * n)
-        rows = list(zip(*columns, strict=True)) if columns else [()] * n
-        size = self.chunksize or -(-n // _MAX_TASKS)
-        futures = []
-        values: list[Any] = []
-        try:
-            for start in range(0, n, size):
-                end = start + size
-                futures.append(
-                    self.executor.submit(
-                        _run_rows, self.simulator, rows[start:end], seeds[start:end], start
-                    )
-                )
-            for future in futures:
-                values.extend(future.result())
-        except _RowError as failure:
-            for future in futures:
-                future.cancel()
-            row, err = failure.args
-            cause = failure.__cause__
-            if err.__traceback__ is None and err.__cause__ is None and cause is not err:
-                err.__cause__ = cause  # a process pool's remote traceback
-            index = tuple(int(i) for i in np.unravel_index(row, tuple(batch)))
-            hint = (
-                "; with an executor the simulator is called as simulator(*params, "
-                "rng=numpy.random.Generator) and must accept the rng keyword"
-                if isinstance(err, TypeError) and "rng" in str(err)
-                else ""
-            )
-            raise SimulatorError(
-                f"The simulator of {self._describe()} raised {type(err).__name__}: {err} "
-                f"in a worker, at batch element {index} (row {row} of {n}; parameters "
-                f"{[type(a).__name__ for a in rows[row]]}){hint}"
-            ) from err
-        except Exception as err:
-            for future in futures:
-                future.cancel()
-            raise SimulatorError(self._executor_failure(err)) from err
         draws = [self._to_tensor(v) for v in values]
         return torch.stack(draws).reshape(batch + draws[0].shape)
-
-    def _executor_failure(self, err: Exception) -> str:
-        """The message for an executor that failed outside the simulator."""
-        try:
-            pickle.dumps(self.simulator)
-        except Exception as why:
-            seen, reason = f"{type(err).__name__}: {err}", f"{type(why).__name__}: {why}"
-            detail = reason if seen == reason else f"{seen}; pickling the simulator: {reason}"
-            return (
-                f"The executor could not run the simulator of {self._describe()}: it cannot "
-                f"be pickled ({detail}). Define the simulator at module level (not a "
-                f"lambda, a nested function or a method of an unpicklable object) so that "
-                f"worker processes can import it"
-            )
-        return (
-            f"The executor failed to run the simulator of {self._describe()}: "
-            f"{type(err).__name__}: {err}. With a process pool or a cluster, the "
-            f"simulator, its parameters and its results must be picklable"
-        )
 
     def _to_tensor(self, value: Any) -> torch.Tensor:
         if not isinstance(value, torch.Tensor):
@@ -515,97 +431,3 @@ class ImplicitSite(TorchDistribution):
             f"ImplicitSite({name}, batch_shape={tuple(self.batch_shape)}, "
             f"event_shape={tuple(self.event_shape)})"
         )
-
-
-class NameImplicitSitesMessenger(Messenger):
-    """
-    Tells each :class:`ImplicitSite` the name of its sample site, so that
-    simulator errors name the site, and checks the observed value of each
-    implicit site: lists, numpy arrays, integers and booleans become tensors of
-    the default float dtype, and a value whose shape does not fit the site's
-    batch and event shapes is refused, naming the site. It never changes a
-    latent value.
-
-    :param bool allow_nonfinite: let simulators return NaN or inf (LFVI's
-        simulation side drops such rows from the ratio estimator's training)
-        instead of raising :class:`~pyro_lfvi.SimulatorError`.
-    """
-
-    def __init__(self, allow_nonfinite: bool = False) -> None:
-        super().__init__()
-        self.allow_nonfinite = allow_nonfinite
-
-    def _pyro_sample(self, msg: Any) -> None:
-        fn = msg["fn"]
-        if not isinstance(fn, ImplicitSite):
-            return
-        if fn.site_name != msg["name"] or fn.allow_nonfinite != self.allow_nonfinite:
-            fn = copy.copy(fn)
-            fn.site_name = msg["name"]
-            fn.allow_nonfinite = self.allow_nonfinite
-            msg["fn"] = fn
-        if msg["is_observed"]:
-            msg["value"] = observed_value(msg["name"], msg["value"], fn)
-
-
-def name_implicit_sites(fn: Callable[..., Any] | None = None, allow_nonfinite: bool = False) -> Any:
-    """
-    Handler of :class:`NameImplicitSitesMessenger`, in the form of Pyro's own
-    handlers: ``name_implicit_sites(model)`` wraps a callable,
-    ``name_implicit_sites()`` returns the messenger.
-
-    :param callable fn: the model or guide to wrap, if any.
-    :param bool allow_nonfinite: see :class:`NameImplicitSitesMessenger`.
-    """
-    messenger = NameImplicitSitesMessenger(allow_nonfinite)
-    return messenger if fn is None else messenger(fn)
-
-
-def observed_value(name: str, value: Any, fn: ImplicitSite) -> torch.Tensor:
-    """
-    The observed value of implicit site ``name`` as a tensor of the default
-    float dtype, checked against the site's batch and event shapes.
-
-    :raises ModelStructureError: for a value that is empty, not numeric, or
-        whose shape does not fit the site.
-    """
-    if not isinstance(value, torch.Tensor):
-        try:
-            value = torch.as_tensor(np.asarray(value))
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise ModelStructureError(
-                f"Expected the observed value of site '{name}' to be a tensor, numpy "
-                f"array or list of numbers, actual {type(value).__name__}"
-            ) from err
-    if value.dtype != torch.get_default_dtype():
-        if value.is_complex():
-            raise ModelStructureError(
-                f"Expected real observed values at site '{name}', actual {value.dtype}"
-            )
-        value = value.to(torch.get_default_dtype())
-    if value.numel() == 0:
-        raise ModelStructureError(
-            f"Expected at least one observed value at site '{name}', actual an empty "
-            f"tensor of shape {tuple(value.shape)}"
-        )
-    expected = fn.batch_shape + fn.event_shape
-    try:
-        fits = torch.broadcast_shapes(value.shape, expected) == expected
-    except RuntimeError:
-        fits = False
-    if not fits:
-        batch = tuple(fn.batch_shape)[-1:]
-        hint = (
-            f"; if each data point is a vector of {tuple(value.shape[len(batch) :])}, "
-            f"pass event_shape={tuple(value.shape[len(batch) :])} to ImplicitSite"
-            if value.dim() > len(batch) and tuple(value.shape[: len(batch)]) == batch
-            else "; check that the data plate's size is the number of data points "
-            "(and that a subsampled plate's indices select the observations)"
-        )
-        raise ModelStructureError(
-            f"Expected the observed value of site '{name}' to have shape "
-            f"{tuple(expected)} (batch_shape {tuple(fn.batch_shape)} from its plates "
-            f"and parameters + event_shape {tuple(fn.event_shape)}), actual "
-            f"{tuple(value.shape)}{hint}"
-        )
-    return value

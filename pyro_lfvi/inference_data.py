@@ -11,7 +11,7 @@ import torch
 from pyro import poutine
 
 from .compat import site_is_subsample
-from .implicit import name_implicit_sites
+from .handlers import name_implicit_sites
 from .roles import classify_sites, plate_nesting
 from .validation import check_positive_int
 

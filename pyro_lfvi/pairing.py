@@ -29,7 +29,8 @@ from .compat import site_is_subsample
 from .embeddings import PointShape
 from .errors import ModelStructureError
 from .global_ratio import PriorContrast, fit_moments, prior_contrast
-from .implicit import ImplicitSite, name_implicit_sites
+from .handlers import name_implicit_sites
+from .implicit import ImplicitSite
 from .roles import (
     SiteRoles,
     check_globals,

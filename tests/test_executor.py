@@ -11,7 +11,7 @@ import torch
 from pyro.distributions import constraints
 
 from pyro_lfvi import LFVI, ImplicitSite, SimulatorError
-from pyro_lfvi.implicit import name_implicit_sites
+from pyro_lfvi.handlers import name_implicit_sites
 
 
 # Module-level simulators: worker processes import them by name.

@@ -143,7 +143,7 @@ def test_numpy_and_non_vectorised_simulators():
 
 
 def pyro_lfvi_named(fn):
-    from pyro_lfvi.implicit import name_implicit_sites
+    from pyro_lfvi.handlers import name_implicit_sites
 
     return name_implicit_sites(fn)
 
