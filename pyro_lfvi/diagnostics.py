@@ -31,14 +31,13 @@ import math
 import statistics
 import warnings
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypedDict, cast
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from .errors import LFVIWarning
 from .validation import check_positive_int, check_positive_number
 
 if TYPE_CHECKING:  # torch and the pairing are imported when first needed
     import torch
-    from pyro.distributions import TorchDistribution
 
     from .compat import Site
     from .pairing import PairedJoints
@@ -79,7 +78,9 @@ def _unconstrained_sd(
     import torch
     from torch.distributions import biject_to
 
-    fn = cast("TorchDistribution", site["fn"])  # a sample site's distribution
+    from .roles import dist_of
+
+    fn = dist_of(site)
     transform = biject_to(fn.support)
     prior = transform.inv(fn.sample(torch.Size([draws])))
     return transform.inv(value), prior
@@ -106,7 +107,7 @@ def pair_checks(pair: PairedJoints) -> dict[str, float]:
     import torch
 
     from .pairing import _to_rows
-    from .roles import site_dist, site_value
+    from .roles import dist_of, value_of
 
     out: dict[str, float] = {}
     sims = torch.cat(list(pair.p_observed.values()), -1).flatten(0, 1).detach()
@@ -123,7 +124,7 @@ def pair_checks(pair: PairedJoints) -> dict[str, float]:
     for name, rows in pair.q_local.items():
         site = pair.q_trace.nodes[name]
         try:
-            draws = site_dist(pair.q_trace, name).sample(torch.Size([CHECK_DRAWS]))
+            draws = dist_of(site).sample(torch.Size([CHECK_DRAWS]))
         except NotImplementedError:
             continue
         prior = torch.stack([_to_rows(d, site["fn"], site, pair.lead) for d in draws])
@@ -136,9 +137,7 @@ def pair_checks(pair: PairedJoints) -> dict[str, float]:
     for name in pair.roles.global_:
         site = pair.q_trace.nodes[name]
         try:
-            value, prior = _unconstrained_sd(
-                site, site_value(pair.q_trace, name).detach(), 4 * CHECK_DRAWS
-            )
+            value, prior = _unconstrained_sd(site, value_of(site).detach(), 4 * CHECK_DRAWS)
         except NotImplementedError:
             continue
         axis = 0 if value.dim() == prior.dim() - 1 else None

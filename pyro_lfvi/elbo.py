@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
 import pyro
 import pyro.distributions as dist
@@ -35,6 +35,7 @@ from .roles import (
     plate_nesting,
     trace_guide,
     trace_model,
+    value_of,
 )
 from .validation import (
     check_nonnegative_int,
@@ -724,8 +725,7 @@ class LFVI(TrainingControls, ELBO):
         true = pair.q_offset.clone()
         for name in pair.roles.observed:
             site = trace.nodes[name]
-            value = cast(torch.Tensor, site["value"])  # Pyro types it as Optional
-            true = true + point_log_prob(dist_of(site), value, site, pair.lead)
+            true = true + point_log_prob(dist_of(site), value_of(site), site, pair.lead)
         learned = log_ratio - log_ratio.mean(0, keepdim=True)
         true = true - true.mean(0, keepdim=True)
         slope = float((learned * true).sum() / (true * true).sum().clamp_min(1e-12))

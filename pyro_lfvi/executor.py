@@ -18,7 +18,7 @@ import torch
 
 from .errors import SimulatorError
 
-__all__ = ["map_rows"]
+__all__ = ["map_rows", "param_rows"]
 
 # With an executor and no chunksize, one simulation is sent as at most this many tasks.
 _MAX_TASKS = 256
@@ -43,6 +43,12 @@ def _run_rows(
                 err = RuntimeError(f"{type(err).__name__}: {err}")
             raise _RowError(start + j, err) from err
     return out
+
+
+def param_rows(param: torch.Tensor, event_dims: int, n: int) -> torch.Tensor:
+    """A parameter broadcast to a batch of ``n`` elements, one row per element."""
+    event = param.shape[param.dim() - event_dims :] if event_dims else ()
+    return param.reshape((n, *event))
 
 
 def map_rows(
@@ -76,8 +82,7 @@ def map_rows(
     columns: list[list[Any]] = []
     for p, d in zip(params, param_event_dims, strict=False):
         if isinstance(p, torch.Tensor):
-            flat = p.detach().reshape((n, *p.shape[p.dim() - d :]) if d else (n,))
-            array = flat.cpu().numpy()
+            array = param_rows(p.detach(), d, n).cpu().numpy()
             columns.append(array.tolist() if d == 0 else [row.copy() for row in array])
         else:
             columns.append([p] * n)

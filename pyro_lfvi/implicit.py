@@ -12,7 +12,7 @@ import torch
 from pyro.distributions import TorchDistribution, constraints
 
 from .errors import ImplicitDensityError, SimulatorError
-from .executor import map_rows
+from .executor import map_rows, param_rows
 from .validation import check_nonnegative_int, check_shape
 
 __all__ = ["ImplicitSite"]
@@ -331,16 +331,14 @@ class ImplicitSite(TorchDistribution):
         flat: list[torch.Tensor | None] = []
         for p, d in zip(params, self.param_event_dims, strict=False):
             if isinstance(p, torch.Tensor):
-                flat.append(p.reshape((n, *p.shape[p.dim() - d :]) if d else (n,)))
+                flat.append(param_rows(p, d, n))
             else:
                 flat.append(None)
         draws = []
         for i in range(n):
             args = [f[i] if f is not None else p for f, p in zip(flat, params, strict=False)]
             draws.append(self._to_tensor(self.simulator(*args)))
-        if not draws:
-            return torch.empty(sample_shape + self.batch_shape + self.event_shape)
-        return torch.stack(draws).reshape(batch + draws[0].shape)
+        return self._stack(draws, sample_shape)
 
     def _simulate_executor(self, params: list[Any], sample_shape: torch.Size) -> torch.Tensor:
         batch = sample_shape + self._simulation_batch()
@@ -353,9 +351,13 @@ class ImplicitSite(TorchDistribution):
             self.chunksize,
             self._describe(),
         )
-        if not values:
+        return self._stack([self._to_tensor(v) for v in values], sample_shape)
+
+    def _stack(self, draws: list[torch.Tensor], sample_shape: torch.Size) -> torch.Tensor:
+        """One simulation per batch element, stacked to ``sample_shape + batch + event``."""
+        if not draws:
             return torch.empty(sample_shape + self.batch_shape + self.event_shape)
-        draws = [self._to_tensor(v) for v in values]
+        batch = sample_shape + self._simulation_batch()
         return torch.stack(draws).reshape(batch + draws[0].shape)
 
     def _to_tensor(self, value: Any) -> torch.Tensor:

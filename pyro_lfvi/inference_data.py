@@ -12,7 +12,7 @@ from pyro import poutine
 
 from .compat import site_is_subsample
 from .handlers import name_implicit_sites
-from .roles import classify_sites, plate_nesting
+from .roles import classify_sites, plate_nesting, value_of
 from .validation import check_positive_int
 
 if TYPE_CHECKING:  # ArviZ and xarray are imported when converting
@@ -88,8 +88,7 @@ def _collect(
         pieces = []
         for idx, trace in per_chunk:
             site = trace.nodes[name]
-            value = cast(torch.Tensor, site["value"])  # Pyro types it as Optional
-            pieces.append((idx, *_dims(site, value, draws, chains)))
+            pieces.append((idx, *_dims(site, value_of(site), draws, chains)))
         idx0, arr0, dims0 = pieces[0]
         if idx0 is None or data_plate not in dims0:
             out[name] = (arr0, dims0)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import pyro.distributions as dist
 import torch
@@ -38,8 +38,6 @@ from .roles import (
     dist_of,
     frame_names,
     sample_sites,
-    site_dist,
-    site_value,
     trace_guide,
     trace_model,
     value_of,
@@ -191,12 +189,12 @@ def widen_globals(
     out = {}
     for name in names:
         site = guide_trace.nodes[name]
-        value = site_value(guide_trace, name).detach()
-        transform = biject_to(site_dist(model_trace, name).support)
+        value = value_of(site).detach()
+        support = dist_of(model_trace.nodes[name]).support
+        transform = biject_to(support)
         axis = _particle_axis(value, site, particle_plate)
         u = transform.inv(value)
         if not bool(torch.isfinite(u).all()):
-            support = site_dist(model_trace, name).support
             raise ModelStructureError(
                 f"The guide's values of global site '{name}' lie outside the support of "
                 f"its prior ({support}). Use a guide distribution with the same support "
@@ -279,9 +277,9 @@ def _local_offset(
 ) -> torch.Tensor:
     total = torch.zeros(())
     for name in names:
-        value = site_value(values, name)
+        value = value_of(values.nodes[name])
         site = guide_trace.nodes[name]
-        total = total + point_log_prob(site_dist(prior_trace, name), value, site, lead)
+        total = total + point_log_prob(dist_of(prior_trace.nodes[name]), value, site, lead)
         total = total - point_log_prob(densities.get(name, dist_of(site)), value, site, lead)
     return total
 
@@ -322,7 +320,7 @@ def local_guide_densities(
                     f"locals with AutoNormal, a hand-written or an implicit guide, and use "
                     f"AutoGuideList to keep such an autoguide for the globals"
                 )
-            support = site_dist(model_trace, name).support
+            support = dist_of(model_trace.nodes[name]).support
             out[name] = dist.TransformedDistribution(aux["fn"], [biject_to(support)])
     return out
 
@@ -385,7 +383,7 @@ def pair_joints(
     globals_only = subsample_only.copy()
     for name in roles.global_:
         site = guide_trace.nodes[name]
-        value = wide[name] if name in wide else cast(torch.Tensor, site["value"]).detach()
+        value = wide[name] if name in wide else value_of(site).detach()
         globals_only.add_node(name, **dict(site, value=value))
     # The p-side carries gradients only to the model's own parameters, and
     # only when they are trained adversarially.
@@ -416,7 +414,7 @@ def pair_joints(
                 )
             site = trace.nodes[name]
             _check_declared_dims(name, site)
-            out[name] = _to_rows(site_value(trace, name), site["fn"], site, lead_)
+            out[name] = _to_rows(value_of(site), site["fn"], site, lead_)
         return out
 
     q_obs = rows(q_trace, roles.observed, lead)

@@ -34,8 +34,6 @@ __all__ = [
     "frame_names",
     "plate_nesting",
     "sample_sites",
-    "site_dist",
-    "site_value",
     "value_of",
     "trace_guide",
     "trace_model",
@@ -72,31 +70,9 @@ def value_of(site: Site) -> torch.Tensor:
     return cast(torch.Tensor, site["value"])
 
 
-def site_dist(trace: Trace, name: str) -> Distribution:
-    """The distribution of sample site ``name`` (Pyro types it as any callable)."""
-    return cast(Distribution, trace.nodes[name]["fn"])
-
-
-def site_value(trace: Trace, name: str) -> torch.Tensor:
-    """The value of sample site ``name`` (Pyro types it as optional)."""
-    return cast(torch.Tensor, trace.nodes[name]["value"])
-
-
-def plate_nesting(*traces: Trace) -> int:
-    """The deepest plate nesting (``-dim`` of the leftmost plate) in the traces."""
-    dims = [
-        -int(f.dim or 0)
-        for trace in traces
-        for site in trace.nodes.values()
-        if site["type"] == "sample"
-        for f in site["cond_indep_stack"]
-    ]
-    return max([*dims, 0])
-
-
-def deepest_plate(*traces: Trace) -> str | None:
-    """The name of the plate at the leftmost dim in the traces (None without plates)."""
-    frames = [
+def _vectorised_frames(*traces: Trace) -> list[Any]:
+    """The plate frames of every sample site in the traces, sequential plates left out."""
+    return [
         f
         for trace in traces
         for site in trace.nodes.values()
@@ -104,7 +80,17 @@ def deepest_plate(*traces: Trace) -> str | None:
         for f in site["cond_indep_stack"]
         if f.dim is not None
     ]
-    return min(frames, key=lambda f: int(f.dim or 0)).name if frames else None
+
+
+def plate_nesting(*traces: Trace) -> int:
+    """The deepest plate nesting (``-dim`` of the leftmost plate) in the traces."""
+    return max([*(-int(f.dim) for f in _vectorised_frames(*traces)), 0])
+
+
+def deepest_plate(*traces: Trace) -> str | None:
+    """The name of the plate at the leftmost dim in the traces (None without plates)."""
+    frames = _vectorised_frames(*traces)
+    return min(frames, key=lambda f: int(f.dim)).name if frames else None
 
 
 def frame_names(site: Site, skip: str | None) -> list[str]:
@@ -171,7 +157,7 @@ def check_globals(model_trace: Trace, guide_trace: Trace, roles: SiteRoles) -> N
         else "inside the plate that indexes data points"
     )
     for name in roles.global_:
-        post = site_dist(guide_trace, name)
+        post = dist_of(guide_trace.nodes[name])
         if isinstance(post, ImplicitSite):
             raise ModelStructureError(
                 f"Global site '{name}' has an implicit guide (ImplicitSite). LFVI "
@@ -306,7 +292,7 @@ def _guide_values_outside_support(prior: Trace | None, guide_trace: Trace | None
         if isinstance(fn, ImplicitSite) or not hasattr(fn, "support"):
             continue
         try:
-            inside = bool(fn.support.check(torch.as_tensor(site["value"])).all())
+            inside = bool(fn.support.check(value_of(site)).all())
         except (RuntimeError, ValueError, NotImplementedError):  # shapes differ
             continue
         if not inside:
