@@ -16,6 +16,7 @@ from .errors import (
     ModelStructureError,
     SimulatorError,
 )
+from .history import History
 from .implicit import ImplicitSite
 from .inference_data import to_inference_data
 from .joint import JointRatioEstimator
@@ -36,6 +37,7 @@ __all__ = [
     "ConvEmbedding",
     "DeepSetEmbedding",
     "DiscriminatorError",
+    "History",
     "ImplicitDensityError",
     "ImplicitSite",
     "JointRatioEstimator",

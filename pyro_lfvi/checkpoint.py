@@ -23,6 +23,7 @@ import torch
 
 from .diagnostics import TrainingMonitor
 from .errors import CheckpointError
+from .history import History
 from .plain_state import (
     check_plain,
     decode_constraint,
@@ -232,9 +233,19 @@ class _Restore:
         missing = [key for key in _LFVI_KEYS if key not in state]
         if missing:
             self._fail(f"its 'lfvi' lacks the key(s) {missing}")
-        history = state["history"]
-        if not isinstance(history, list) or not all(isinstance(e, dict) for e in history):
-            self._fail("its LFVI history is not a list of dicts")
+        history = History()
+        if isinstance(history_state := state["history"], list):  # written before History
+            if not all(isinstance(e, dict) for e in history_state):
+                self._fail("its LFVI history is not a list of dicts")
+            try:
+                history = History.from_rows(history_state, max(len(history_state) + 1, 100_000))
+            except (TypeError, ValueError) as err:
+                self._fail(f"its LFVI history cannot be restored ({err})", err)
+        else:
+            try:
+                history.load_state_dict(self._dict(history_state, "LFVI history"))
+            except ValueError as err:
+                self._fail(f"its LFVI history cannot be restored ({err})", err)
         monitor = None
         if state["monitor"] is not None:
             monitor = TrainingMonitor()
@@ -249,7 +260,7 @@ class _Restore:
         if discriminator_optim is not None:
             self._dict(discriminator_optim, "LFVI discriminator_optim")
         return {
-            "history": [dict(entry) for entry in history],
+            "history": history,
             "monitor": monitor,
             "max_plate_nesting": nesting,
             "discriminator_optim": discriminator_optim,
@@ -331,7 +342,7 @@ def _lfvi_state(lfvi: Any) -> dict[str, Any] | None:
     if lfvi is None:
         return None
     return {
-        "history": [dict(entry) for entry in lfvi.history],
+        "history": lfvi.history.state_dict(),
         "monitor": lfvi.monitor.state_dict() if lfvi.monitor is not None else None,
         "max_plate_nesting": lfvi.max_plate_nesting,
         "discriminator_optim": (

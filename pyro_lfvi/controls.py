@@ -21,6 +21,7 @@ from torch import nn
 
 from .errors import LFVIWarning
 from .global_ratio import PriorShapeClassifier
+from .history import History
 from .joint import JointRatioEstimator
 from .pairing import PairedJoints
 from .ratio import RatioEstimator
@@ -53,7 +54,7 @@ class StepObjectives:
 class TrainingControls:
     """Mixin of :class:`~pyro_lfvi.LFVI`: what trains when, and with what."""
 
-    history: list[dict[str, float]]
+    history: History
     warmup_steps: int
     discriminator_steps: int
     discriminator_optim: PyroOptim | None
@@ -76,7 +77,7 @@ class TrainingControls:
         """What one backward pass differentiates: -ELBO (and the adversarial
         generator term) for the guide and model, the scoring rules for the
         ratio estimators, each only where it should train."""
-        if len(self.history) < self.warmup_steps:
+        if self.history.num_steps < self.warmup_steps:
             surrogate = -out.elbo.detach()
         else:
             surrogate = -out.elbo + out.generator_loss

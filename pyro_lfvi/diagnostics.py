@@ -231,6 +231,7 @@ class MonitorState(TypedDict):
     best_mad: float
     joint: bool
     checks: dict[str, list[float]]
+    count: int
 
 
 class TrainingMonitor:
@@ -279,6 +280,8 @@ class TrainingMonitor:
         self._best_mad = 0.0
         self.joint = True
         self._checks: dict[str, list[float]] = {}
+        # Steps recorded; the lists above keep only the last one or two windows.
+        self._count = 0
 
     def state_dict(self) -> MonitorState:
         """
@@ -303,6 +306,7 @@ class TrainingMonitor:
             "best_mad": self._best_mad,
             "joint": self.joint,
             "checks": {key: list(values) for key, values in self._checks.items()},
+            "count": self._count,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -313,7 +317,8 @@ class TrainingMonitor:
         :param dict state: a :meth:`state_dict`.
         :raises ValueError: if a key is missing or a value has the wrong type.
         """
-        missing = [key for key in self.state_dict() if key not in state]
+        # "count" came later: an older state counts the steps it lists.
+        missing = [key for key in self.state_dict() if key not in state and key != "count"]
         if missing:
             raise ValueError(
                 f"Expected a TrainingMonitor state with keys {sorted(self.state_dict())}, "
@@ -344,6 +349,11 @@ class TrainingMonitor:
             best_median = None if best is None else float(best)
             joint = state["joint"]
             checks = {str(k): [float(v) for v in vs] for k, vs in state["checks"].items()}
+            count = state.get("count", len(elbo))
+            if isinstance(count, bool) or not isinstance(count, int) or count < len(elbo):
+                raise ValueError(
+                    f"Expected the step count to be an int >= {len(elbo)}, actual {count!r}"
+                )
         except (TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"Expected a TrainingMonitor state of plain numbers: {err}") from err
         if not isinstance(joint, bool):
@@ -359,6 +369,7 @@ class TrainingMonitor:
         self._best_median, self._best_mad = best_median, numbers["best_mad"]
         self.joint = joint
         self._checks = checks
+        self._count = count
 
     def _warn(self, kind: str, message: str) -> None:
         if kind not in self.warned:
@@ -390,8 +401,14 @@ class TrainingMonitor:
         self._acc.append(entry["discriminator_accuracy"])
         self._centre.append(list(centre))
         self._spread.append(list(spread))
-        if len(self._elbo) % self.window == 0:
+        self._count += 1
+        if self._count % self.window == 0:
             self._check_window(step)
+        if len(self._elbo) >= 2 * self.window:  # memory bounded over long runs
+            del self._elbo[: -self.window], self._acc[: -self.window]
+            del self._centre[: -self.window], self._spread[: -self.window]
+            for values in self._checks.values():
+                del values[: -self.window]
 
     def _window_mean(self, key: str) -> float | None:
         values = self._checks.get(key, [])[-self.window :]
@@ -405,8 +422,8 @@ class TrainingMonitor:
             if kind == "at_prior" and not self.joint and self._acc:
                 if statistics.mean(self._acc[-w:]) >= CHANCE_ACCURACY:
                     continue
-            if value is not None and value > threshold and len(self._elbo) >= min_steps * w:
-                self._warn(kind, f"LFVI step {step}: " + advice(value, w, len(self._elbo)))
+            if value is not None and value > threshold and self._count >= min_steps * w:
+                self._warn(kind, f"LFVI step {step}: " + advice(value, w, self._count))
 
     def _check_window(self, step: int) -> None:
         w = self.window

@@ -22,6 +22,7 @@ from .diagnostics import TrainingMonitor, pair_checks
 from .discriminator import Summary
 from .errors import LFVIWarning, ModelStructureError
 from .handlers import name_implicit_sites
+from .history import History
 from .implicit import ImplicitSite
 from .joint import JointRatioEstimator
 from .pairing import PairedJoints, pair_joints, point_log_prob
@@ -294,6 +295,9 @@ class LFVI(TrainingControls, ELBO):
         :class:`~pyro_lfvi.RatioEstimator` instance such as
         ``ContrastiveRatioEstimator(embedding=my_net)``.
     :type estimator: str or RatioEstimator or None
+    :param int history_size: the most rows :attr:`history` keeps (default
+        100,000); a longer run keeps evenly spaced steps, and always the
+        newest (see :class:`~pyro_lfvi.History`).
 
     References
 
@@ -325,7 +329,11 @@ class LFVI(TrainingControls, ELBO):
         summary: Summary | None = None,
         retain_graph: bool | None = None,
         estimator: str | RatioEstimator | None = None,
+        history_size: int = 100_000,
     ) -> None:
+        if check_positive_int("history_size", history_size) < 2:
+            raise ValueError(f"Expected history_size >= 2, actual {history_size!r}")
+        history = History(history_size)
         self._auto_particles = num_particles is None
         num_particles = check_positive_int(
             "num_particles", 8 if num_particles is None else num_particles
@@ -455,7 +463,8 @@ class LFVI(TrainingControls, ELBO):
         #: One dict per training step: the ELBO estimate (``elbo``), the ratio
         #: estimator's loss (``discriminator_loss``) and accuracy, and the figures
         #: that the diagnostics watch; :func:`~pyro_lfvi.plot_history` draws it.
-        self.history: list[dict[str, float]] = []
+        #: A :class:`~pyro_lfvi.History`: reads like a list of dicts, in bounded memory.
+        self.history = history
         self.monitor: TrainingMonitor | None = TrainingMonitor() if diagnostics else None
         if callback is not None and not callable(callback):
             raise ValueError(f"Expected callback to be callable or None, actual {callback!r}")
@@ -750,7 +759,7 @@ class LFVI(TrainingControls, ELBO):
         }
         entry.update(step_out.stats)
         self.history.append(entry)
-        step = len(self.history) - 1
+        step = self.history.num_steps - 1
         if self.monitor is not None:
             self.monitor.update(step, entry, *step_out.global_summary)
         if self.callback is not None:
@@ -803,7 +812,7 @@ class LFVI(TrainingControls, ELBO):
             surrogate = self._surrogate(out)
             if surrogate.requires_grad:
                 surrogate.backward(retain_graph=self.retain_graph)
-        if not self._model_params_checked and len(self.history) >= self.warmup_steps:
+        if not self._model_params_checked and self.history.num_steps >= self.warmup_steps:
             self._check_model_params(out.model_params)
         self._record(out)
         return -float(out.elbo.detach())

@@ -12,6 +12,7 @@ from pyro import poutine
 
 from .compat import site_is_subsample
 from .handlers import name_implicit_sites
+from .history import History
 from .roles import classify_sites, plate_nesting, value_of
 from .validation import check_positive_int
 
@@ -137,10 +138,11 @@ def _dataset(
 def _history_dataset(history: Sequence[Mapping[str, float]]) -> xarray.Dataset:
     import xarray as xr
 
-    keys = list(history[0])
+    if not isinstance(history, History):
+        history = History.from_rows(history, max(len(history), 2))
     return xr.Dataset(
-        {k: ("step", np.array([h[k] for h in history], dtype=float)) for k in keys},
-        coords={"step": np.arange(len(history))},
+        {k: ("step", history.column(k)) for k in history.keys()},
+        coords={"step": history.steps},
     )
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol, SupportsFloat, cast
 from tqdm.auto import tqdm
 
 from .compat import elbo_of
+from .history import History
 from .validation import check_positive_int
 
 if TYPE_CHECKING:  # matplotlib is optional and imported when plotting
@@ -110,7 +111,7 @@ def plot_history(
     else:
         # Axes of a SubFigure would fail at tight_layout below, which it lacks.
         fig = cast("Figure", axes[0].figure)
-    steps = range(len(history))
+    steps = history.steps if isinstance(history, History) else range(len(history))
     axes[0].plot(steps, [h["elbo"] for h in history])
     axes[0].set(title="ELBO estimate", xlabel="step", yscale="symlog")
     axes[1].plot(steps, [h["discriminator_loss"] for h in history])

@@ -183,3 +183,24 @@ def test_guide_as_wide_as_its_prior_warns_only_when_the_estimator_is_at_chance(a
             monitor.update(step, dict(entry, discriminator_accuracy=accuracy))
     messages = [str(w.message) for w in caught if w.category is LFVIWarning]
     assert any("still as wide as its prior" in m for m in messages) is warns, messages
+
+
+def test_monitor_memory_is_bounded_and_it_keeps_counting_windows():
+    # The monitor keeps one or two windows of records and counts every step.
+    monitor = TrainingMonitor(window=10)
+    monitor.joint = False
+    entry = {"elbo": 0.0, "discriminator_loss": 0.6, "discriminator_accuracy": 0.6}
+    for step in range(5000):
+        monitor.update(step, entry, [0.0], [1.0])
+    state = monitor.state_dict()
+    assert state["count"] == 5000
+    assert max(len(state[k]) for k in ("elbo", "acc", "centre", "spread")) < 20
+    resumed = TrainingMonitor()
+    resumed.load_state_dict(state)
+    assert resumed.state_dict() == state
+    # A state written before the count existed counts the steps it lists.
+    del state["count"]
+    resumed.load_state_dict(state)
+    assert resumed.state_dict()["count"] == len(state["elbo"])
+    with pytest.raises(ValueError, match=r"Expected the step count to be an int >= 10"):
+        resumed.load_state_dict(dict(state, count=3))

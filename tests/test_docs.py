@@ -22,6 +22,7 @@ DOCTESTED = [
     "pyro_lfvi.joint",  # JointRatioEstimator
     "pyro_lfvi.inference_data",  # to_inference_data
     "pyro_lfvi.training",  # fit
+    "pyro_lfvi.history",  # History
 ]
 
 

@@ -439,6 +439,12 @@ CASES = [
         r"Expected widen >= 1",
     ),
     Case(
+        "a history of one row",
+        lambda: LFVI(history_size=1),
+        ValueError,
+        r"Expected history_size >= 2, actual 1",
+    ),
+    Case(
         "hidden_sizes with a zero",
         lambda: LFVI(hidden_sizes=(64, 0)),
         ValueError,
