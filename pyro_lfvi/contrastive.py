@@ -47,7 +47,7 @@ References
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pyro
 import torch
@@ -162,6 +162,37 @@ class ContrastiveNetwork(nn.Module):
             else:
                 param[0].lerp_(loc, momentum)
                 param[1].copy_((param[1].log().lerp(scale.log(), momentum)).exp())
+        self.fitted = True
+
+    @torch.no_grad()
+    def average_standardization(
+        self, sum_over_ranks: Callable[[torch.Tensor], torch.Tensor]
+    ) -> None:
+        """
+        Replace the standardisation by its average over the processes of a
+        data-parallel run (:mod:`pyro_lfvi.distributed` calls this before each
+        optimiser step; a single process never does): the locations
+        arithmetically, the scales geometrically (as
+        :meth:`update_standardization` moves them in log space), over the
+        processes that have fitted it. Each process having moved from the same
+        standardisation towards the moments of its own simulations, the
+        average moves towards the average of those moments.
+
+        :param callable sum_over_ranks: sums a tensor over the processes (e.g.
+            ``torch.distributed.all_reduce``) and returns the sum.
+        """
+        rows = (self.x_standardization, self.theta_standardization)
+        weight = torch.ones(1, device=rows[0].device) * float(self.fitted)
+        packed = torch.cat([weight] + [torch.cat([p[0], p[1].log()]) * weight for p in rows])
+        total = sum_over_ranks(packed)
+        if float(total[0]) == 0.0:  # fitted nowhere yet
+            return
+        mean = total[1:] / total[0]
+        for param in rows:
+            size = param.shape[-1]
+            param[0].copy_(mean[:size])
+            param[1].copy_(mean[size : 2 * size].exp())
+            mean = mean[2 * size :]
         self.fitted = True
 
     def embed(self, observed: Mapping[str, torch.Tensor]) -> torch.Tensor:
