@@ -62,6 +62,44 @@ Example (``torchrun --nproc_per_node=2 train.py``)::
     for step in range(1000):
         svi.step(data, shard(torch.randperm(len(data), generator=batches)[:200]))
 
+**From PyTorch Lightning**, as in Pyro's ``svi_lightning`` example:
+``LFVI()(model, guide)`` is a :class:`torch.nn.Module` whose ``forward``
+returns the loss, and which owns the ratio estimator's networks once it has
+run. Lightning's DDP strategy then averages the gradients (and broadcasts rank
+0's parameters when it wraps the module); the guide must keep its parameters
+in the module (a :class:`~pyro.nn.PyroModule` such as ``AutoNormal``, with
+``pyro.settings.set(module_local_params=True)``), the statistics are averaged
+by :func:`average_statistics` in ``on_before_optimizer_step``, and
+``find_unused_parameters=True`` because the standardisation gets no gradient.
+Lightning's ``DistributedSampler`` hands each rank its share of every
+minibatch; pass the indices to the model. ``tests/test_distributed.py`` runs
+this on two CPU ranks::
+
+    import lightning.pytorch as pl
+    from lightning.pytorch.strategies import DDPStrategy
+    from pyro.infer.autoguide import AutoNormal
+
+    class Plan(pl.LightningModule):
+        def __init__(self, loss_fn):
+            super().__init__()
+            self.loss_fn = loss_fn
+
+        def training_step(self, batch, batch_idx):
+            return self.loss_fn(batch[0])  # model(idx): plate(..., subsample=idx)
+
+        def on_before_optimizer_step(self, optimizer):
+            average_statistics(self.loss_fn.elbo)
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.loss_fn.parameters(), lr=0.01)
+
+    pyro.settings.set(module_local_params=True)
+    loss_fn = LFVI()(model, AutoNormal(model))
+    loader = DataLoader(TensorDataset(torch.arange(N)), batch_size=100, shuffle=True)
+    loss_fn(next(iter(loader))[0])  # creates the parameters before DDP wraps them
+    strategy = DDPStrategy(find_unused_parameters=True)  # process_group_backend="gloo" on CPU
+    pl.Trainer(strategy=strategy, devices=2, max_steps=1000).fit(Plan(loss_fn), loader)
+
 References
 
 [1] `Hierarchical Implicit Models and Likelihood-Free Variational Inference`,

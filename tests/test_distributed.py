@@ -412,3 +412,95 @@ def test_average_standardization_weights_the_fitted_ranks() -> None:
 def test_docstring_examples_run() -> None:
     result = doctest.testmod(lfvi_dist, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+# -- PyTorch Lightning: LFVI()(model, guide) in a LightningModule, on DDP ------------
+
+
+def _lightning_worker(rank: int, port: int, outdir: str, average: bool) -> None:
+    """One rank of Lightning's DDP, launched here as torchrun would (LOCAL_RANK set)."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.strategies import DDPStrategy
+    from pyro.infer.autoguide import AutoNormal
+
+    torch.set_num_threads(1)
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(WORLD),
+        NODE_RANK="0",
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+    )
+    pyro.settings.set(module_local_params=True)  # the guide's params live in the module
+    torch.manual_seed(0)
+    problem = ConjugateNormal(num_data=NUM_DATA)
+
+    def model(idx: torch.Tensor) -> None:
+        mu = pyro.sample("mu", dist.Normal(0.0, problem.prior_scale))
+        with pyro.plate("data", NUM_DATA, subsample=idx):
+            pyro.sample("x", ImplicitSite(problem.simulate, mu), obs=problem.data[idx])
+
+    class Plan(pl.LightningModule):
+        def __init__(self, loss_fn: torch.nn.Module) -> None:
+            super().__init__()
+            self.loss_fn = loss_fn
+
+        def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+            return self.loss_fn(batch[0])  # this rank's share of the minibatch
+
+        def on_before_optimizer_step(self, optimizer: Any) -> None:
+            if average:  # DDP has averaged the gradients; the statistics are ours
+                average_statistics(self.loss_fn.elbo)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.Adam(self.loss_fn.parameters(), lr=LR)
+
+    pyro.set_rng_seed(100 + rank)  # each rank its own simulations
+    loss_fn = LFVI(num_particles=8)(model, AutoNormal(model))
+    indices = torch.utils.data.TensorDataset(torch.arange(NUM_DATA))
+    loader = torch.utils.data.DataLoader(indices, batch_size=BATCH // WORLD, shuffle=True)
+    loss_fn(next(iter(loader))[0])  # creates the params before DDP wraps the module
+    initial = {n: p.detach().clone() for n, p in loss_fn.named_parameters()}
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=WORLD,
+        strategy=DDPStrategy(process_group_backend="gloo", find_unused_parameters=True),
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(Plan(loss_fn), train_dataloaders=loader)
+    final = {n: p.detach().clone() for n, p in loss_fn.named_parameters()}
+    out = {"initial": initial, "final": final, "steps": torch.tensor(len(loss_fn.elbo.history))}
+    torch.save(out, os.path.join(outdir, f"lightning{rank}.pt"))
+
+
+def test_lightning_ddp(tmp_path: Any) -> None:
+    """Lightning's DDP averages the gradients; average_statistics the standardisation."""
+    pytest.importorskip("lightning")
+    old = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        mp.spawn(
+            _lightning_worker, args=(_free_port(), str(tmp_path), True), nprocs=WORLD, join=True
+        )
+    finally:
+        if old is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = old
+    ranks = [torch.load(tmp_path / f"lightning{r}.pt", weights_only=True) for r in range(WORLD)]
+    # Each rank began from its own network; DDP started both from rank 0's.
+    assert not torch.equal(
+        ranks[0]["initial"]["ratio_estimator.lfvi_ratio.head.0.weight"],
+        ranks[1]["initial"]["ratio_estimator.lfvi_ratio.head.0.weight"],
+    )
+    _assert_same(ranks[0]["final"], ranks[1]["final"], "Lightning ranks 0 and 1")
+    assert int(ranks[0]["steps"]) == 1 + 3  # the warm-up call and three steps
+    names = ranks[0]["final"].keys()
+    assert {"guide.locs.mu_unconstrained", "ratio_estimator.lfvi_ratio.x_standardization"} <= names
+    moved = [n for n in names if not torch.equal(ranks[0]["initial"][n], ranks[0]["final"][n])]
+    assert set(moved) == set(names)
