@@ -170,6 +170,7 @@ def to_inference_data(
     coords: Mapping[str, Any] | None = None,
     dims: Mapping[str, Sequence[str]] | None = None,
     prior: bool = True,
+    var_names: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> Any:
     """
@@ -189,6 +190,11 @@ def to_inference_data(
     sample sizes over such "chains" are therefore no convergence check (they
     sit near 1 and near the number of draws whatever the fit's quality);
     judge the fit by LFVI's training diagnostics instead.
+
+    With many data points, ``var_names`` keeps the result small: with only
+    global latents named, no ``(draws, N)`` array of local draws or
+    simulations is built (the guide and the model run on one minibatch) and
+    the predictive groups are left out; name an observed site to get them.
 
     Plate dimensions are named after their plates; event dimensions
     ``<site>_dim_<k>`` unless ``dims`` renames them. A subsampled data plate
@@ -228,6 +234,11 @@ def to_inference_data(
     :param dict coords: coordinate values by dimension (plate) name.
     :param dict dims: dimension names by site, for its rightmost dimensions.
     :param bool prior: also draw ``prior`` and ``prior_predictive``.
+    :param var_names: the sites to convert (default: every latent and observed
+        site): latents go to ``posterior`` and ``prior``, observed sites to
+        the predictive groups and ``observed_data``, which are left out when
+        no observed site is named.
+    :type var_names: list of str or None
     """
     num_samples = check_positive_int("num_samples", num_samples)
     num_chains = check_positive_int("num_chains", num_chains)
@@ -237,6 +248,14 @@ def to_inference_data(
         g0 = poutine.trace(guide_n).get_trace(*args, **kwargs)
         m0 = poutine.trace(poutine.replay(model_n, trace=g0)).get_trace(*args, **kwargs)
     roles = classify_sites(m0, g0, None)
+    latents = roles.global_ + roles.local
+    observed = list(roles.observed)
+    if var_names is not None:
+        wanted = _wanted(var_names, latents + observed)
+        latents = [n for n in latents if n in wanted]
+        observed = [n for n in observed if n in wanted]
+    # Only the globals: one minibatch of data points and no simulations.
+    globals_only = not observed and all(n in roles.global_ for n in latents)
     dim = -plate_nesting(g0, m0) - 1
     subsampled = [
         (name, site)
@@ -247,11 +266,12 @@ def to_inference_data(
     if subsampled and roles.num_points < roles.full_size:
         sub_name, sub_site = subsampled[0]
         chunks: list[torch.Tensor | None] = list(_chunks(roles.full_size, roles.num_points))
+        if globals_only:
+            chunks = chunks[:1]
     else:
         sub_name, sub_site, chunks = None, None, [None]
 
     draws = pyro.plate(_DRAWS, num_samples * num_chains, dim=dim)
-    latents = roles.global_ + roles.local
 
     def run(fn: Callable[..., object], replayed: poutine.Trace, model_side: bool) -> poutine.Trace:
         """Trace ``fn`` for all draws at once, replaying the given sites."""
@@ -279,32 +299,48 @@ def to_inference_data(
                 base.add_node(sub_name, **dict(sub_site, value=idx))
             g = run(guide_n, replay_of(base, post_globals), model_side=False)
             post_globals = post_globals or {n: g.nodes[n] for n in roles.global_}
-            m = run(model_n, replay_of(base, dict(g.nodes)), model_side=True)
+            # The model simulates the observed sites only for the predictive groups.
+            m = run(model_n, replay_of(base, dict(g.nodes)), True) if observed else g
             posterior.append((idx, m))
             if prior:
-                p = run(model_n, replay_of(base, prior_globals), model_side=True)
+                p = run(model_n, replay_of(base, prior_globals), model_side=bool(observed))
                 prior_globals = prior_globals or {n: p.nodes[n] for n in roles.global_}
                 prior_tr.append((idx, p))
 
     plate = roles.data_plate
     groups = {
-        "posterior": _dataset(_collect(posterior, latents, plate, True, num_chains), coords, dims),
-        "posterior_predictive": _dataset(
-            _collect(posterior, roles.observed, plate, True, num_chains), coords, dims
-        ),
-        "observed_data": _dataset(_observed(posterior, roles.observed, plate), coords, dims),
+        "posterior": _dataset(_collect(posterior, latents, plate, True, num_chains), coords, dims)
     }
+    if observed:
+        groups["posterior_predictive"] = _dataset(
+            _collect(posterior, observed, plate, True, num_chains), coords, dims
+        )
+        groups["observed_data"] = _dataset(_observed(posterior, observed, plate), coords, dims)
     if prior:
         groups["prior"] = _dataset(
             _collect(prior_tr, latents, plate, True, num_chains), coords, dims
         )
-        groups["prior_predictive"] = _dataset(
-            _collect(prior_tr, roles.observed, plate, True, num_chains), coords, dims
-        )
+        if observed:
+            groups["prior_predictive"] = _dataset(
+                _collect(prior_tr, observed, plate, True, num_chains), coords, dims
+            )
     history = getattr(lfvi, "history", None)
     if history:
         groups["training_history"] = _history_dataset(history)
     return _assemble(groups)
+
+
+def _wanted(var_names: Sequence[str], sites: list[str]) -> set[str]:
+    """``var_names`` as a set, checked against the model's sites."""
+    if isinstance(var_names, str) or not all(isinstance(n, str) for n in var_names):
+        raise ValueError(f"Expected var_names to be a list of site names, actual {var_names!r}")
+    unknown = [n for n in var_names if n not in sites]
+    if unknown or not var_names:
+        raise ValueError(
+            f"Expected var_names among the model's latent and observed sites {sites}, "
+            f"actual {list(var_names)}"
+        )
+    return set(var_names)
 
 
 def _observed(

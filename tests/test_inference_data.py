@@ -65,6 +65,66 @@ def test_groups_names_dims_and_shapes_with_subsampled_locals():
     assert np.unique(theta.mean(0).round(6)).size == 7
 
 
+def counting_problem(num_data, batch_size):
+    """Many data points in minibatches, a local per point; records the number of
+    simulations and of local draws the model and the guide make."""
+    counts = {"simulated": 0, "local draws": 0}
+
+    def simulate(theta):
+        counts["simulated"] += theta.numel()
+        return theta + torch.randn_like(theta)
+
+    def model(data):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", num_data, subsample_size=batch_size) as idx:
+            theta = pyro.sample("theta", dist.Normal(mu, 1.0))
+            counts["local draws"] += theta.numel()
+            pyro.sample("x", ImplicitSite(simulate, theta), obs=data[idx])
+
+    def guide(data):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        pyro.sample("mu", dist.Normal(loc, 0.5))
+        with pyro.plate("data", num_data, subsample_size=batch_size) as idx:
+            theta = pyro.sample("theta", dist.Normal(loc + 0 * data[idx], 0.7))
+            counts["local draws"] += theta.numel()
+
+    return model, guide, counts
+
+
+@pytest.mark.parametrize("prior", [True, False])
+def test_globals_only_never_draw_every_local_or_simulate(prior):
+    num_data, batch_size, draws = 20_000, 50, 200
+    model, guide, counts = counting_problem(num_data, batch_size)
+    data = torch.randn(num_data)
+    idata = to_inference_data(
+        model, guide, data, num_samples=draws, num_chains=1, var_names=["mu"], prior=prior
+    )
+    assert groups_of(idata) == ({"posterior", "prior"} if prior else {"posterior"})
+    assert list(idata["posterior"].data_vars) == ["mu"]
+    assert idata["posterior"]["mu"].shape == (1, draws)
+    if prior:
+        assert list(idata["prior"].data_vars) == ["mu"]
+    # No simulation at all, and local draws for one minibatch, not every data point.
+    assert counts["simulated"] == 0
+    assert counts["local draws"] <= 3 * draws * batch_size < draws * num_data / 10
+    # Naming the observed site brings the predictive groups back, over every point.
+    part = to_inference_data(
+        model, guide, data, num_samples=2, num_chains=1, var_names=["mu", "x"], prior=False
+    )
+    assert groups_of(part) == {"posterior", "posterior_predictive", "observed_data"}
+    assert part["posterior_predictive"]["x"].shape == (1, 2, num_data)
+    assert counts["simulated"] == 2 * num_data
+
+
+def test_var_names_must_name_sites():
+    model, guide, _ = counting_problem(100, 10)
+    data = torch.randn(100)
+    with pytest.raises(ValueError, match=r"Expected var_names among the model's latent and "):
+        to_inference_data(model, guide, data, var_names=["sigma"])
+    with pytest.raises(ValueError, match=r"Expected var_names to be a list of site names"):
+        to_inference_data(model, guide, data, var_names="mu")
+
+
 @pytest.mark.skipif(ARVIZ_1, reason="InferenceData API is ArviZ 0.x; 1.x returns a DataTree")
 def test_arviz_functions_run_without_shape_warnings():
     problem = ConjugateNormal(num_data=50, batch_size=10)
