@@ -53,6 +53,8 @@ def train(
     from ``lr`` to ``final_lr``: the decay is what lets the guide settle to a
     fraction of a posterior sd (even with an exact likelihood).
 
+    It ends with LFVI's end-of-training check, as :func:`pyro_lfvi.fit` does.
+
     :returns: the LFVI instance, whose ``history`` holds the training curve.
     """
     elbo = elbo if elbo is not None else LFVI()
@@ -60,4 +62,6 @@ def train(
     svi = pyro.infer.SVI(problem.model, problem.guide, optim, elbo)
     for _ in range(num_steps):
         svi.step(problem.data)
+    if elbo.monitor is not None:  # as fit() and to_inference_data() do
+        elbo.monitor.check_convergence()
     return elbo

@@ -44,11 +44,24 @@ if TYPE_CHECKING:  # torch and the pairing are imported when first needed
 
 __all__ = ["TrainingMonitor", "discriminator_accuracy", "pair_checks"]
 
-CHECKS = ("nonfinite_fraction", "ppc_outside", "local_sd_ratio", "prior_sd_ratio")
+CHECKS = (
+    "nonfinite_fraction",
+    "ppc_outside",
+    "local_sd_ratio",
+    "prior_sd_ratio",
+    "wide_global_ratio",
+)
 """The per-step figures of :func:`pair_checks` (and the estimator) that the monitor watches."""
 
 CHECK_DRAWS = 8
 """Prior draws per step for the spread checks of :func:`pair_checks`."""
+
+WIDE_GLOBALS = 1.5
+"""A global's guide this many times as wide as its prior (unconstrained) warns."""
+
+UNCONVERGED_SDS = 1.0
+"""At the end of training, a guide whose globals' mean moved by more than this
+many of their sds over the last window warns that training has not converged."""
 
 CHANCE_ACCURACY = 0.6
 """Below this balanced accuracy (0.5 is chance) the contrastive estimator tells
@@ -102,7 +115,9 @@ def pair_checks(pair: PairedJoints) -> dict[str, float]:
       than their prior;
     * ``prior_sd_ratio``: the smallest, over global latents, spread of the
       guide's draws divided by the prior's (unconstrained); near 1 the guide
-      has learned nothing from the data.
+      has learned nothing from the data;
+    * ``wide_global_ratio``: the largest such ratio; well above 1 the guide is
+      wider than the prior, which data cannot make a posterior.
     """
     import torch
 
@@ -145,9 +160,10 @@ def pair_checks(pair: PairedJoints) -> dict[str, float]:
             continue
         q_sd = value.reshape(pair.num_particles, -1).std(0)
         p_sd = prior.reshape(prior.shape[0] * pair.num_particles, -1).std(0).clamp_min(1e-12)
-        global_ratios.append((q_sd / p_sd).min())
+        global_ratios.append(q_sd / p_sd)
     if global_ratios:
-        out["prior_sd_ratio"] = float(torch.stack(global_ratios).min())
+        out["prior_sd_ratio"] = float(min(r.min() for r in global_ratios))
+        out["wide_global_ratio"] = float(max(r.max() for r in global_ratios))
     return out
 
 
@@ -186,6 +202,19 @@ _PAIR_RULES: list[tuple[str, float, int, str, Callable[[float, int, int], str]]]
             f"the local posteriors are {v:.2f}x as wide as their prior (median over data "
             f"points, last {w} steps); data cannot widen a posterior, so the local ratio is "
             f"poorly estimated. Train longer, or give the local guide a smaller initial scale."
+        ),
+    ),
+    (
+        "wide_global_ratio",
+        WIDE_GLOBALS,
+        2,
+        "wide_globals",
+        lambda v, w, n: (
+            f"the guide of a global latent is {v:.1f}x as wide as its prior (unconstrained, "
+            f"last {w} steps): data cannot make a posterior wider than its prior, so training "
+            f"has gone wrong, most often through a learning rate too high for the guide. "
+            f"Lower it (e.g. pyro.optim.ClippedAdam with lrd < 1, so that it decays) and "
+            f"train again. Do not trust the posterior."
         ),
     ),
     (
@@ -424,6 +453,35 @@ class TrainingMonitor:
                     continue
             if value is not None and value > threshold and self._count >= min_steps * w:
                 self._warn(kind, f"LFVI step {step}: " + advice(value, w, self._count))
+
+    def check_convergence(self) -> float | None:
+        """
+        At the end of training: warn (:class:`~pyro_lfvi.LFVIWarning`) if the
+        mean of the guide's global latents was still moving, by more than
+        ``UNCONVERGED_SDS`` of their sds between the first and the last
+        quarter of the last window of steps. :func:`~pyro_lfvi.fit` and
+        :func:`~pyro_lfvi.to_inference_data` call it.
+
+        :returns: that largest move in sds over the global latents' components,
+            or None when there are fewer than 20 steps or no globals to judge.
+        """
+        centre, spread = self._centre[-self.window :], self._spread[-self.window :]
+        if len(centre) < 20 or not centre[-1] or not spread[-1]:
+            return None
+        q = len(centre) // 4  # quarters: single steps' particle means are noisy
+        c0, c1 = _column_means(centre[:q]), _column_means(centre[-q:])
+        sd = _column_means(spread)
+        shift = max(abs(b - a) / max(s, 1e-12) for a, b, s in zip(c0, c1, sd, strict=True))
+        if shift > UNCONVERGED_SDS:
+            self._warn(
+                "not_converged",
+                f"LFVI has not converged after {self._count} steps: the mean of the guide's "
+                f"global latents moved by {shift:.1f} of their sds over the last {len(centre)} "
+                f"steps, and the posterior is still on its way. Train longer (ideally with a "
+                f"learning rate that decays, e.g. pyro.optim.ClippedAdam with lrd < 1), and do "
+                f"not trust the posterior until its globals settle.",
+            )
+        return shift
 
     def _check_window(self, step: int) -> None:
         w = self.window

@@ -242,6 +242,8 @@ def to_inference_data(
     """
     num_samples = check_positive_int("num_samples", num_samples)
     num_chains = check_positive_int("num_chains", num_chains)
+    if getattr(lfvi, "monitor", None) is not None:
+        lfvi.monitor.check_convergence()  # type: ignore[union-attr]
     model_n = name_implicit_sites(model)
     guide_n = name_implicit_sites(guide)
     with poutine.block():

@@ -38,7 +38,9 @@ def fit(
     **kwargs: Any,
 ) -> list[float]:
     """
-    Run ``svi.step(*args, **kwargs)`` ``num_steps`` times.
+    Run ``svi.step(*args, **kwargs)`` ``num_steps`` times. At the end, warn
+    (:class:`~pyro_lfvi.LFVIWarning`) if the guide's globals were still moving
+    (:meth:`~pyro_lfvi.TrainingMonitor.check_convergence`).
 
     Example::
 
@@ -80,6 +82,9 @@ def fit(
                 )
             else:
                 bar.set_postfix(loss=f"{loss:.4g}")
+    monitor = getattr(elbo_of(svi), "monitor", None)
+    if monitor is not None:
+        monitor.check_convergence()
     return losses
 
 

@@ -9,7 +9,7 @@ import torch
 from pyro.distributions import constraints
 from torch import nn
 
-from pyro_lfvi import LFVI, ImplicitSite, LFVIWarning, ModelStructureError, TrainingMonitor
+from pyro_lfvi import LFVI, ImplicitSite, LFVIWarning, ModelStructureError, TrainingMonitor, fit
 from pyro_lfvi.examples import ConjugateNormal
 
 
@@ -204,3 +204,61 @@ def test_monitor_memory_is_bounded_and_it_keeps_counting_windows():
     assert resumed.state_dict()["count"] == len(state["elbo"])
     with pytest.raises(ValueError, match=r"Expected the step count to be an int >= 10"):
         resumed.load_state_dict(dict(state, count=3))
+
+
+def feed(monitor, steps, centre=lambda t: 0.0, entry=None):
+    entry = entry or {"elbo": 0.0, "discriminator_loss": 0.6, "discriminator_accuracy": 0.7}
+    gen = torch.Generator().manual_seed(0)
+    for step in range(steps):
+        noise = float(torch.randn((), generator=gen))  # particle-mean noise, in sds / sqrt(8)
+        monitor.update(step, entry, [centre(step) + noise / 8**0.5], [1.0])
+
+
+@pytest.mark.parametrize(
+    "steps, drift, warns",
+    [(400, 0.0, False), (400, 0.002, False), (400, 0.02, True), (150, 0.02, True), (10, 1.0, None)],
+)
+def test_end_of_training_warns_when_the_globals_still_move(steps, drift, warns):
+    # drift: sds per step; over the last 200-step window's quarters, 150 x drift.
+    monitor = TrainingMonitor(window=200)
+    monitor.joint = False
+    feed(monitor, steps, centre=lambda t: drift * t)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LFVIWarning)
+        shift = monitor.check_convergence()
+    messages = [str(w.message) for w in caught if w.category is LFVIWarning]
+    if warns is None:
+        assert shift is None and not messages
+        return
+    assert any("LFVI has not converged" in m for m in messages) is warns, (shift, messages)
+
+
+def test_fit_ends_with_the_convergence_check():
+    problem = ConjugateNormal()
+    elbo = LFVI()
+    svi = pyro.infer.SVI(problem.model, problem.guide, pyro.optim.Adam({"lr": 0.01}), elbo)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LFVIWarning)
+        fit(svi, problem.data, num_steps=100, progress=False)
+    messages = [str(w.message) for w in caught if w.category is LFVIWarning]
+    assert any("has not converged after 100 steps" in m for m in messages), messages
+    # One global: the largest and the smallest spread ratio are the same.
+    last = elbo.history[-1]
+    assert last["wide_global_ratio"] == last["prior_sd_ratio"] > 0
+
+
+@pytest.mark.parametrize("ratio, warns", [(1.2, False), (3.0, True)])
+def test_a_global_guide_wider_than_its_prior_warns(ratio, warns):
+    monitor = TrainingMonitor(window=10)
+    monitor.joint = False
+    entry = {
+        "elbo": 0.0,
+        "discriminator_loss": 0.6,
+        "discriminator_accuracy": 0.7,
+        "wide_global_ratio": ratio,
+    }
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LFVIWarning)
+        feed(monitor, 40, entry=entry)
+    messages = [str(w.message) for w in caught if w.category is LFVIWarning]
+    assert any("as wide as its prior (unconstrained" in m for m in messages) is warns, messages
