@@ -151,36 +151,7 @@ class LocalSeries:
             for name in ("mu", "log_tau", "log_sigma", "a")
         }
 
-    def exact(self, grid: int = 4001) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Posterior means and sds of ``a`` and ``log_sigma`` by integration (see above)."""
-        state = self.data[..., 0].double()
-        prev = torch.cat([torch.ones_like(state[..., :1]), state[..., :-1]], -1)
-        syy, sxy, sxx = (state * state).sum(), (state * prev).sum(), (prev * prev).sum()
-        count = state.numel()
-        # The posterior of log sigma lies within a few of its sds (~1/sqrt(2 count)) of
-        # the residual scale; the grid spans +-25 of those sds.
-        a_hat = sxy / sxx
-        centre = 0.5 * torch.log((syy - 2 * a_hat * sxy + a_hat**2 * sxx) / count)
-        log_sigma = centre + torch.linspace(-25, 25, grid, dtype=torch.float64) / (2 * count) ** 0.5
-        var = torch.exp(2 * log_sigma)
-        prior_prec, prior_mean = 1 / 0.3**2, 0.5
-        prec = sxx / var + prior_prec
-        mean = (sxy / var + prior_mean * prior_prec) / prec
-        # log p(data, log sigma), a integrated out analytically.
-        log_w = (
-            -count * log_sigma
-            - syy / (2 * var)
-            - 0.5 * prior_mean**2 * prior_prec
-            + 0.5 * mean**2 * prec
-            - 0.5 * torch.log(prec)
-            + dist.Normal(0.0, 0.5).log_prob(log_sigma)
-        )
-        w = torch.softmax(log_w, 0)
-        a_mean = (w * mean).sum()
-        a_sd = ((w * (1 / prec + mean**2)).sum() - a_mean**2).sqrt()
-        s_mean = (w * log_sigma).sum()
-        s_sd = ((w * log_sigma**2).sum() - s_mean**2).sqrt()
-        return {"a": (a_mean, a_sd), "log_sigma": (s_mean, s_sd)}
+    exact = reference
 
 
 @dataclass
