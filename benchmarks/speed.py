@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Callable
 
 import pyro
 import torch
@@ -31,16 +32,21 @@ from pyro_lfvi import LFVI, MLPDiscriminator
 from pyro_lfvi.examples import ConjugateNormal
 
 
+def seconds_per_step(step: Callable[[], object], steps: int, warmup: int) -> float:
+    """Mean wall time of ``step()`` over ``steps`` calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
 def time_svi(problem: ConjugateNormal, steps: int, warmup: int, estimator: str) -> float:
     pyro.clear_param_store()
     elbo = LFVI(estimator=estimator)
     svi = pyro.infer.SVI(problem.model, problem.guide, pyro.optim.Adam({"lr": 0.01}), elbo)
-    for _ in range(warmup):
-        svi.step(problem.data)
-    start = time.perf_counter()
-    for _ in range(steps):
-        svi.step(problem.data)
-    return (time.perf_counter() - start) / steps
+    return seconds_per_step(lambda: svi.step(problem.data), steps, warmup)
 
 
 def squash(z: torch.Tensor) -> torch.Tensor:
@@ -110,12 +116,7 @@ def time_plain_contrastive(problem: ConjugateNormal, steps: int, warmup: int) ->
         (-elbo + d_loss).backward()
         opt.step()
 
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps
+    return seconds_per_step(step, steps, warmup)
 
 
 def time_plain(problem: ConjugateNormal, steps: int, warmup: int) -> float:
@@ -158,12 +159,7 @@ def time_plain(problem: ConjugateNormal, steps: int, warmup: int) -> float:
                 -1,
             )
         )
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps
+    return seconds_per_step(step, steps, warmup)
 
 
 def main() -> None:
