@@ -100,14 +100,7 @@ def save_checkpoint(
         },
         "optim": optim.get_state(),
         "lfvi": _lfvi_state(lfvi),
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "numpy": numpy_to_plain(np.random.get_state(legacy=False)),
-            "python": random.getstate(),
-        },
-        "generators": {
-            name: numpy_to_plain(rng.bit_generator.state) for name, rng in named.items()
-        },
+        **random_states(named),
     }
     check_plain(state, "the checkpoint")
     torch.save(state, path)
@@ -327,11 +320,38 @@ class _Restore:
             lfvi.max_plate_nesting = self.lfvi["max_plate_nesting"]
             if lfvi.discriminator_optim is not None and self.lfvi["discriminator_optim"]:
                 lfvi.discriminator_optim.set_state(self.lfvi["discriminator_optim"])
-        torch.set_rng_state(self.rng["torch"])
-        np.random.set_state(self.rng["numpy"])
-        random.setstate(self.rng["python"])
-        for name, rng in generators.items():
-            rng.bit_generator.state = self.generators[name]
+        restore_random_states(self.rng, self.generators, generators)
+
+
+def random_states(generators: Mapping[str, np.random.Generator]) -> dict[str, Any]:
+    """
+    As plain data: ``rng``, the states of torch's, numpy's and Python's global
+    generators, and ``generators``, those of the given numpy generators.
+    """
+    return {
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "numpy": numpy_to_plain(np.random.get_state(legacy=False)),
+            "python": random.getstate(),
+        },
+        "generators": {
+            name: numpy_to_plain(rng.bit_generator.state) for name, rng in generators.items()
+        },
+    }
+
+
+def restore_random_states(
+    rng: Mapping[str, Any],
+    states: Mapping[str, Any],
+    generators: Mapping[str, np.random.Generator],
+) -> None:
+    """Set the global generators from ``rng`` and each of ``generators`` from
+    ``states``, both decoded (numpy states as numpy's own objects)."""
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    for name, generator in generators.items():
+        generator.bit_generator.state = states[name]
 
 
 def _is_str(value: Any, expected: str) -> bool:

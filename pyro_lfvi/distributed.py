@@ -120,11 +120,16 @@ import torch
 import torch.distributed as dist
 from pyro.optim import PyroOptim
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import (
+    load_checkpoint,
+    random_states,
+    restore_random_states,
+    save_checkpoint,
+)
 from .contrastive import ContrastiveNetwork
 from .elbo import LFVI
 from .errors import CheckpointError
-from .plain_state import numpy_to_plain, plain_to_numpy
+from .plain_state import plain_to_numpy
 
 __all__ = [
     "DistributedOptim",
@@ -497,18 +502,17 @@ def _ranks_path(path: str | os.PathLike[str]) -> str:
 
 
 def _rng_state(generators: Mapping[str, np.random.Generator]) -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": numpy_to_plain(np.random.get_state(legacy=False)),
-        "python": random.getstate(),
-        "generators": {
-            name: numpy_to_plain(rng.bit_generator.state) for name, rng in generators.items()
-        },
-    }
+    states = random_states(generators)
+    return {**states["rng"], "generators": states["generators"]}
 
 
 def _raise_everywhere(error: BaseException | None, what: str) -> None:
-    """Raise on every rank if ``what`` failed on any (so that none waits forever)."""
+    """Raise on every rank if ``what`` failed on any (so that none waits forever);
+    in a single process, raise ``error`` if there is one."""
+    if not _active():
+        if error is not None:
+            raise error
+        return
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, None if error is None else f"{type(error).__name__}: {error}")
     if error is not None:
@@ -559,10 +563,7 @@ def save_distributed_checkpoint(
             torch.save(ranks, _ranks_path(path))
         except Exception as err:  # reported to every rank below
             error = err
-    if _active():
-        _raise_everywhere(error, f"write checkpoint {os.fspath(path)!r}")
-    elif error is not None:
-        raise error
+    _raise_everywhere(error, f"write checkpoint {os.fspath(path)!r}")
 
 
 def load_distributed_checkpoint(
@@ -595,17 +596,10 @@ def load_distributed_checkpoint(
     try:
         state = _read_rank_state(path, rank, world, dict(generators or {}))
         load_checkpoint(path, optim, lfvi, generators=generators)
-        torch.set_rng_state(state["torch"])
-        np.random.set_state(state["numpy"])
-        random.setstate(state["python"])
-        for name, rng in (generators or {}).items():
-            rng.bit_generator.state = state["generators"][name]
+        restore_random_states(state, state["generators"], generators or {})
     except Exception as err:  # reported to every rank below
         error = err
-    if _active():
-        _raise_everywhere(error, f"load checkpoint {os.fspath(path)!r}")
-    elif error is not None:
-        raise error
+    _raise_everywhere(error, f"load checkpoint {os.fspath(path)!r}")
 
 
 def _read_rank_state(
