@@ -238,6 +238,21 @@ def _column_means(rows: Sequence[Sequence[float]]) -> list[float]:
     return [statistics.mean(col) for col in zip(*rows, strict=False)]
 
 
+def _quarter_means(
+    centre: Sequence[Sequence[float]], spread: Sequence[Sequence[float]]
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Per component, the means of the guide's globals' centre over the first and
+    the last quarter of the given steps, then those of their spread: single
+    steps' particle means are noisy."""
+    q = max(1, len(centre) // 4)
+    return (
+        _column_means(centre[:q]),
+        _column_means(centre[-q:]),
+        _column_means(spread[:q]),
+        _column_means(spread[-q:]),
+    )
+
+
 def _median_mad(values: Sequence[float]) -> tuple[float, float]:
     med = statistics.median(values)
     return med, statistics.median(abs(v - med) for v in values)
@@ -468,8 +483,7 @@ class TrainingMonitor:
         centre, spread = self._centre[-self.window :], self._spread[-self.window :]
         if len(centre) < 20 or not centre[-1] or not spread[-1]:
             return None
-        q = len(centre) // 4  # quarters: single steps' particle means are noisy
-        c0, c1 = _column_means(centre[:q]), _column_means(centre[-q:])
+        c0, c1, _, _ = _quarter_means(centre, spread)
         sd = _column_means(spread)
         shift = max(abs(b - a) / max(s, 1e-12) for a, b, s in zip(c0, c1, sd, strict=True))
         if shift > UNCONVERGED_SDS:
@@ -517,9 +531,7 @@ class TrainingMonitor:
             )
         centre, spread = self._centre[-w:], self._spread[-w:]
         if centre[0] and spread[0] and abs(statistics.mean(acc) - 0.5) < self.chance_band:
-            q = max(1, w // 4)  # average the first and last quarters: single steps are noisy
-            c0, c1 = _column_means(centre[:q]), _column_means(centre[-q:])
-            s0, s1 = _column_means(spread[:q]), _column_means(spread[-q:])
+            c0, c1, s0, s1 = _quarter_means(centre, spread)
             shift = max(abs(b - a) / max(sa, 1e-12) for a, b, sa in zip(c0, c1, s0, strict=False))
             growth = max(
                 abs(math.log(max(sb, 1e-12) / max(sa, 1e-12)))

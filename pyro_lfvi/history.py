@@ -74,6 +74,11 @@ class History(Sequence[dict[str, float]]):
             self._present[key] = np.resize(self._present[key], new)
             self._present[key][capacity:] = False
 
+    def _add_column(self, key: str) -> None:
+        capacity = self._steps.shape[0]
+        self._columns[key] = np.full(capacity, np.nan)
+        self._present[key] = np.zeros(capacity, dtype=bool)
+
     def _thin(self) -> None:
         """Keep every second row (those on the doubled stride), and the newest."""
         n = self._size
@@ -99,9 +104,7 @@ class History(Sequence[dict[str, float]]):
         row = self._size
         for key, value in entry.items():
             if key not in self._columns:
-                capacity = self._steps.shape[0]
-                self._columns[key] = np.full(capacity, np.nan)
-                self._present[key] = np.zeros(capacity, dtype=bool)
+                self._add_column(key)
             self._columns[key][row] = float(value)
         for key, present in self._present.items():
             present[row] = key in entry
@@ -145,7 +148,7 @@ class History(Sequence[dict[str, float]]):
         return (self._row(i) for i in range(len(self)))
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, History | Sequence) and not isinstance(other, str):
+        if isinstance(other, Sequence) and not isinstance(other, str):
             return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
         return NotImplemented
 
@@ -219,9 +222,8 @@ class History(Sequence[dict[str, float]]):
         self._reserve(n + 1)
         self._steps[:n] = steps
         for key in columns:
-            self._columns[key] = np.full(self._steps.shape[0], np.nan)
+            self._add_column(key)
             self._columns[key][:n] = columns[key]
-            self._present[key] = np.zeros(self._steps.shape[0], dtype=bool)
             self._present[key][:n] = present[key]
         self._pending = bool(n) and int(steps[-1]) % stride != 0
         self._size = n - int(self._pending)
