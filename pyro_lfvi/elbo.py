@@ -55,7 +55,15 @@ evaluates it); wider spreads put most simulations where a simulator explodes
 (an AR(1) series at 5x: the posterior mean 3 sds off)."""
 SIMULATIONS_PER_STEP = 256
 """With the default ``num_particles``, the contrastive estimator gets at least
-this many simulations per step (particles times the minibatch size)."""
+this many simulations per step (particles times the minibatch size), except
+with a single observation (see :data:`SINGLE_OBSERVATION_PARTICLES`)."""
+SINGLE_OBSERVATION_PARTICLES = 64
+"""The default ``num_particles`` of the contrastive estimator with one
+observation (N = 1), where ``widen`` defaults to 1. The ratio estimator learns
+from its number of updates more than from their size: sbibm's 10^5 simulator
+calls as 1,560 steps of 64 rather than 390 steps of 256 bring two_moons' C2ST
+from 0.90-0.93 to 0.68-0.75. Widening spreads the training globals around the
+particles' mean, which lies between the modes of a multimodal posterior."""
 
 
 @contextlib.contextmanager
@@ -203,7 +211,7 @@ class LFVI(TrainingControls, ELBO):
 
     :param int num_particles: draws of the guide per step (default: 8 for the
         joint classifier; for the contrastive estimator enough for 256
-        simulations per step, between 8 and 256).
+        simulations per step, between 8 and 256, and 64 with one observation).
     :param bool vectorize_particles: draw them in one vectorised pass, in a
         plate left of ``max_plate_nesting`` (default True). Simulators must
         then broadcast over a leading batch dim, as :class:`ImplicitSite`
@@ -223,8 +231,8 @@ class LFVI(TrainingControls, ELBO):
     :param str discriminator_name: the name under which the discriminator's
         weights live in Pyro's param store (default ``"lfvi_discriminator"``).
     :param float widen: spread factor of the globals the ratio estimator trains
-        on (default 2 for the contrastive estimator, 5 for the joint classifier;
-        1 turns widening off; needs ``num_particles >= 2``
+        on (default 2 for the contrastive estimator, 1 with one observation,
+        5 for the joint classifier; 1 turns widening off; needs ``num_particles >= 2``
         and vectorised particles).
     :param bool self_normalize: normalise the estimated ratio over the
         minibatch (default True; needs at least two data points per step).
@@ -555,10 +563,13 @@ class LFVI(TrainingControls, ELBO):
                     self.summary,
                 )
         joint = isinstance(self.estimator, JointRatioEstimator)
+        single = roles.full_size == 1
         if self._auto_widen and not joint:
-            self.widen = CONTRASTIVE_WIDEN
+            self.widen = 1.0 if single else CONTRASTIVE_WIDEN
         if self._auto_particles:
-            if not joint:
+            if not joint and single:
+                self.num_particles = SINGLE_OBSERVATION_PARTICLES
+            elif not joint:
                 # Enough simulations per step for the classifier to contrast.
                 wanted = -(-SIMULATIONS_PER_STEP // max(1, roles.num_points))
                 self.num_particles = int(min(max(wanted, 8), 256))

@@ -19,7 +19,7 @@ from pyro_lfvi import (
     hinge_loss,
 )
 from pyro_lfvi.contrastive import squash
-from pyro_lfvi.examples import ConjugateNormal, HierarchicalNormal
+from pyro_lfvi.examples import AR1Series, ConjugateNormal, HierarchicalNormal
 
 
 def small_problem(simulate=None, data=None):
@@ -51,6 +51,25 @@ def test_default_is_contrastive_for_explicit_locals_and_joint_for_implicit_ones(
     elbo.loss_and_grads(problem.model, problem.implicit_guide, problem.data)
     assert isinstance(elbo.estimator, JointRatioEstimator)  # the paper's
     assert elbo.num_particles == 8
+
+
+@pytest.mark.parametrize(
+    "options, particles, widen",
+    [({}, 64, 1.0), ({"num_particles": 16}, 16, 1.0), ({"widen": 3.0}, 64, 3.0)],
+)
+def test_one_observation_defaults_to_64_particles_without_widening(options, particles, widen):
+    problem = AR1Series()
+    elbo = LFVI(**options)
+    elbo.loss_and_grads(problem.model, problem.guide, problem.data)
+    assert isinstance(elbo.estimator, ContrastiveRatioEstimator)
+    assert (elbo.num_particles, elbo.widen) == (particles, widen)  # what was given stays
+    # Several data points (minibatches of 10) keep 256 simulations a step, widened.
+    pyro.clear_param_store()
+    data, model, guide = small_problem()
+    elbo = LFVI(**options)
+    elbo.loss_and_grads(model, guide, data)
+    assert elbo.num_particles == options.get("num_particles", 26)
+    assert elbo.widen == options.get("widen", 2.0)
 
 
 def test_asking_for_the_contrastive_estimator_with_an_implicit_local_guide_fails():

@@ -2,16 +2,16 @@
 
 The target, fixed before measuring (issue 8): C2ST at most 0.70 against
 sbibm's reference posterior samples, seeds 0-2, with LFVI's defaults
-(``LFVI()``) and at most 10^5 simulator calls (390 steps of 256 particles).
+(``LFVI()``) and at most 10^5 simulator calls (1,560 steps of 64 particles).
 The guides are the tasks' flows (mirrored over the posterior's symmetries),
 trained with ClippedAdam decaying from 0.01 to 0.0005. Runs must also stay
 free of LFVI warnings. ``python benchmarks/c2st.py --task two_moons`` (or
 ``--task slcp``) reproduces the figures.
 
-The defaults miss the target on both tasks, so those tests are strict
-expected failures that state the measured C2ST: they fail once LFVI reaches
-it. (Non-default settings that bring two_moons below 0.70 are in the
-docstring of :class:`pyro_lfvi.examples.TwoMoons`.)
+The defaults miss the target on slcp and on two_moons' seeds 0 and 1, so
+those tests are strict expected failures that state the measured C2ST: they
+fail once LFVI reaches it. (Non-default settings that bring every two_moons
+seed below 0.70 are in the docstring of :class:`pyro_lfvi.examples.TwoMoons`.)
 """
 
 import importlib.util
@@ -26,17 +26,20 @@ from fitting import train
 from pyro_lfvi import LFVI, LFVIWarning
 from pyro_lfvi.examples import SLCP, TwoMoons
 
-STEPS = 390
-"""With LFVI's default 256 particles per step: 99,840 simulator calls."""
+STEPS = 1560
+"""With LFVI's default 64 particles per step (one observation): 99,840 simulator calls."""
 
 
 def _seeds(task, measured):
-    """``task`` at seeds 0-2, each an expected failure (strict) at its measured C2ST."""
+    """``task`` at seeds 0-2; a seed whose measured C2ST misses the target is an
+    expected failure (strict) stating it."""
     return [
         pytest.param(
             task,
             seed,
-            marks=pytest.mark.xfail(
+            marks=[]
+            if float(score) <= 0.70
+            else pytest.mark.xfail(
                 strict=True,
                 raises=AssertionError,
                 reason=f"measured C2ST {score}; target 0.70; issue 8",
@@ -104,7 +107,7 @@ def test_slcp_simulator_moments():
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "task, seed",
-    _seeds(TwoMoons, ["0.929", "0.917", "0.898"]) + _seeds(SLCP, ["0.983", "0.980", "0.981"]),
+    _seeds(TwoMoons, ["0.749", "0.735", "0.683"]) + _seeds(SLCP, ["0.960", "0.971", "0.975"]),
 )
 def test_c2st_at_most_the_target(task, seed):
     pyro.set_rng_seed(seed)
