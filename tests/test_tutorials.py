@@ -12,7 +12,12 @@ import pytest
 from nbclient import NotebookClient
 
 TUTORIALS_DIR = Path(__file__).resolve().parent.parent / "tutorials"
-NOTEBOOKS = ["implicit_guides.ipynb", "introduction.ipynb", "simulator_likelihood.ipynb"]
+NOTEBOOKS = [
+    "implicit_guides.ipynb",
+    "introduction.ipynb",
+    "lotka_volterra.ipynb",
+    "simulator_likelihood.ipynb",
+]
 CELL_TIMEOUT = 120  # seconds per cell; a whole smoke run takes well under a minute
 
 
