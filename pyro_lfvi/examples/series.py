@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pyro
 import pyro.distributions as dist
@@ -185,10 +186,21 @@ class PooledSeries:
         """The simulator of :class:`LocalSeries`: one ``(length, 2)`` series per element."""
         return self._series.simulate(a, sigma)
 
+    A_PRIOR: ClassVar[tuple[float, float]] = (0.5, 0.3)
+    """Mean and sd of the Normal prior of ``a``."""
+    LOG_SIGMA_PRIOR: ClassVar[tuple[float, float]] = (0.0, 0.5)
+    """Mean and sd of the Normal prior of ``log sigma``."""
+
     def _globals(self) -> tuple[torch.Tensor, torch.Tensor]:
-        a = pyro.sample("a", dist.Normal(0.5, 0.3))
-        sigma = pyro.sample("sigma", dist.LogNormal(0.0, 0.5))
+        a = pyro.sample("a", dist.Normal(*self.A_PRIOR))
+        sigma = pyro.sample("sigma", dist.LogNormal(*self.LOG_SIGMA_PRIOR))
         return a, sigma
+
+    @staticmethod
+    def _states(data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The observed states and each one's predecessor (1 before the first)."""
+        state = data[..., 0]
+        return state, torch.cat([torch.ones_like(state[..., :1]), state[..., :-1]], -1)
 
     def model(self, data: torch.Tensor) -> None:
         a, sigma = self._globals()
@@ -199,8 +211,7 @@ class PooledSeries:
     def twin(self, data: torch.Tensor) -> None:
         """The same model with an explicit likelihood (for NUTS), on all series."""
         a, sigma = self._globals()
-        state = data[..., 0]
-        prev = torch.cat([torch.ones_like(state[..., :1]), state[..., :-1]], -1)
+        state, prev = self._states(data)
         step = dist.Normal(a * prev, sigma).log_prob(state)
         reading = dist.Normal(state, 0.5).log_prob(data[..., 1])
         pyro.factor("x", (step + reading).sum())
@@ -237,8 +248,7 @@ class PooledSeries:
 
     def exact(self, grid: int = 4001) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Posterior means and sds of ``a`` and ``log_sigma`` by integration (see above)."""
-        state = self.data[..., 0].double()
-        prev = torch.cat([torch.ones_like(state[..., :1]), state[..., :-1]], -1)
+        state, prev = self._states(self.data.double())
         syy, sxy, sxx = (state * state).sum(), (state * prev).sum(), (prev * prev).sum()
         count = state.numel()
         # The posterior of log sigma lies within a few of its sds (~1/sqrt(2 count)) of
@@ -247,7 +257,8 @@ class PooledSeries:
         centre = 0.5 * torch.log((syy - 2 * a_hat * sxy + a_hat**2 * sxx) / count)
         log_sigma = centre + torch.linspace(-25, 25, grid, dtype=torch.float64) / (2 * count) ** 0.5
         var = torch.exp(2 * log_sigma)
-        prior_prec, prior_mean = 1 / 0.3**2, 0.5
+        prior_mean, prior_sd = self.A_PRIOR
+        prior_prec = 1 / prior_sd**2
         prec = sxx / var + prior_prec
         mean = (sxy / var + prior_mean * prior_prec) / prec
         # log p(data, log sigma), a integrated out analytically.
@@ -257,7 +268,7 @@ class PooledSeries:
             - 0.5 * prior_mean**2 * prior_prec
             + 0.5 * mean**2 * prec
             - 0.5 * torch.log(prec)
-            + dist.Normal(0.0, 0.5).log_prob(log_sigma)
+            + dist.Normal(*self.LOG_SIGMA_PRIOR).log_prob(log_sigma)
         )
         w = torch.softmax(log_w, 0)
         a_mean = (w * mean).sum()
