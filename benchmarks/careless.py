@@ -14,7 +14,7 @@ import pyro
 import torch
 from fitting import standardized_errors
 
-from pyro_lfvi import LFVI, fit
+from pyro_lfvi import LFVI, LFVIWarning, fit
 from pyro_lfvi.examples import HierarchicalNormal
 
 RUNS = [("lr 1.0, 600 steps", 600, 1.0), ("lr 0.3, 600 steps", 600, 0.3), ("200 steps", 200, 0.02)]
@@ -37,7 +37,7 @@ def main() -> None:
         }
         print(f"{label}: (mean error sds, sd ratio) {figures}")
         for w in caught:
-            if type(w.message).__name__ == "LFVIWarning":
+            if issubclass(w.category, LFVIWarning):
                 print(f"    LFVIWarning: {str(w.message)[:150]}...")
 
 

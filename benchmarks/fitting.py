@@ -11,7 +11,7 @@ from __future__ import annotations
 import pyro
 import torch
 
-from pyro_lfvi import LFVI
+from pyro_lfvi import LFVI, fit
 from pyro_lfvi.examples import ConjugateNormal, HierarchicalNormal
 
 __all__ = ["decaying_adam", "standardized_errors", "train"]
@@ -53,15 +53,12 @@ def train(
     from ``lr`` to ``final_lr``: the decay is what lets the guide settle to a
     fraction of a posterior sd (even with an exact likelihood).
 
-    It ends with LFVI's end-of-training check, as :func:`pyro_lfvi.fit` does.
+    It runs :func:`pyro_lfvi.fit`, so it ends with LFVI's end-of-training check.
 
     :returns: the LFVI instance, whose ``history`` holds the training curve.
     """
     elbo = elbo if elbo is not None else LFVI()
     optim = decaying_adam(num_steps, lr, final_lr)
     svi = pyro.infer.SVI(problem.model, problem.guide, optim, elbo)
-    for _ in range(num_steps):
-        svi.step(problem.data)
-    if elbo.monitor is not None:  # as fit() and to_inference_data() do
-        elbo.monitor.check_convergence()
+    fit(svi, problem.data, num_steps=num_steps, progress=False)
     return elbo
