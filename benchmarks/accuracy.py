@@ -64,7 +64,7 @@ def run(name: str, seed: int, estimator: str | None, summary: bool) -> tuple[dic
         warnings.simplefilter("always", LFVIWarning)
         train(fitting, num_steps=steps, lr=lr, final_lr=final_lr, elbo=LFVI(**kwargs))
     raised = [str(w.message)[:60] for w in caught if issubclass(w.category, LFVIWarning)]
-    if guide is problem.guide:
+    if not hasattr(problem, "structured_guide"):  # (bound methods are new objects: no `is`)
         fitted = problem.fitted()
     else:
         fitted = problem.guide_moments(guide)

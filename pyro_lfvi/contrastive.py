@@ -52,6 +52,7 @@ from collections.abc import Callable, Mapping, Sequence
 import pyro
 import torch
 import torch.nn.functional as F
+from pyro import poutine
 from torch import nn
 
 from .diagnostics import discriminator_accuracy
@@ -393,7 +394,11 @@ class ContrastiveRatioEstimator(RatioEstimator):
             with torch.random.fork_rng(enabled=stored):
                 self.network = self._build(pair)
             self.network.fitted = stored
-        pyro.module(self.name, self.network, update_module_params=True)
+        # The standardisation is a parameter only so that the param store saves it;
+        # it is never trained, so SVI's optimiser need not see it.
+        fixed = [f"{self.name}$$${n}" for n in ("x_standardization", "theta_standardization")]
+        with poutine.block(hide=fixed):
+            pyro.module(self.name, self.network, update_module_params=True)
         return self.network
 
     # -- objectives -------------------------------------------------------------
