@@ -31,7 +31,6 @@ from .errors import ModelStructureError
 from .global_ratio import PriorContrast, fit_moments, prior_contrast
 from .handlers import name_implicit_sites
 from .implicit import ImplicitSite
-from .prior_range import clamp_to_prior
 from .roles import (
     SiteRoles,
     check_globals,
@@ -208,8 +207,34 @@ def widen_globals(
             point = ((u - centre).abs() <= tol).all(axis, keepdim=True)
             if bool(point.any()):  # draw only then: other guides keep their random stream
                 spread = torch.where(point, point_spread * torch.randn_like(u), spread)
-        out[name] = transform(clamp_to_prior(centre + spread, dist_of(model_trace.nodes[name])))
+        out[name] = transform(_within_prior(centre + spread, model_trace.nodes[name]["fn"]))
     return out
+
+
+PRIOR_RANGE_DRAWS = 512
+"""Prior draws per step that bound the training globals (see :func:`widen_globals`)."""
+
+
+def _within_prior(u: torch.Tensor, prior: Any) -> torch.Tensor:
+    """
+    Clamp unconstrained training globals ``u`` to the range of the prior: its
+    0.1% and 99.9% quantiles (from fresh draws) widened by a tenth of their
+    distance. Widened draws then never reach regions the prior rules out, where
+    a simulator may blow up (an AR coefficient beyond 1, a rate of 1e6).
+    """
+    try:
+        # A side computation: it must not move the random stream of training.
+        with torch.no_grad(), torch.random.fork_rng():
+            draws = biject_to(prior.support).inv(prior.sample(torch.Size([PRIOR_RANGE_DRAWS])))
+    except NotImplementedError:
+        return u
+    flat = draws.reshape(PRIOR_RANGE_DRAWS, -1)
+    if not bool(torch.isfinite(flat).all()):
+        return u
+    low, high = torch.quantile(flat, torch.tensor([0.001, 0.999]), dim=0)
+    pad = 0.1 * (high - low)
+    low, high = (low - pad).reshape(draws.shape[1:]), (high + pad).reshape(draws.shape[1:])
+    return torch.maximum(torch.minimum(u, high), low)
 
 
 def point_log_prob(
