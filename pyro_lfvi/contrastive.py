@@ -49,10 +49,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 
-import pyro
 import torch
 import torch.nn.functional as F
-from pyro import poutine
 from torch import nn
 
 from .diagnostics import discriminator_accuracy
@@ -65,6 +63,7 @@ from .ratio import (
     RatioObjectives,
     checked_per_point,
     frozen_weights,
+    register_network,
     stored_module,
 )
 from .validation import check_positive_int, check_sizes
@@ -394,11 +393,7 @@ class ContrastiveRatioEstimator(RatioEstimator):
             with torch.random.fork_rng(enabled=stored):
                 self.network = self._build(pair)
             self.network.fitted = stored
-        # The standardisation is a parameter only so that the param store saves it;
-        # it is never trained, so SVI's optimiser need not see it.
-        fixed = [f"{self.name}$$${n}" for n in ("x_standardization", "theta_standardization")]
-        with poutine.block(hide=fixed):
-            pyro.module(self.name, self.network, update_module_params=True)
+        register_network(self.name, self.network, ("x_standardization", "theta_standardization"))
         return self.network
 
     # -- objectives -------------------------------------------------------------

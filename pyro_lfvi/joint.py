@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-import pyro
 import torch
 from torch import nn
 
@@ -37,6 +36,7 @@ from .ratio import (
     RatioObjectives,
     checked_per_point,
     frozen_weights,
+    register_network,
     stored_module,
 )
 from .ratio_losses import RatioLoss, resolve_ratio_loss
@@ -164,7 +164,7 @@ class JointRatioEstimator(RatioEstimator):
         elif not stored:
             with torch.no_grad():
                 self.logits(self.discriminator, pair, "q", detach_weights=True)
-        return pyro.module(self.name, self.discriminator, update_module_params=True)
+        return register_network(self.name, self.discriminator, ("standardization",))
 
     def logits(
         self,

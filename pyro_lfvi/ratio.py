@@ -17,12 +17,13 @@ its two objectives). Implementations: :class:`~pyro_lfvi.ContrastiveRatioEstimat
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pyro
 import torch
-from pyro.params import module_from_param_with_module_name
+from pyro import poutine
+from pyro.params import module_from_param_with_module_name, param_with_module_name
 from torch import nn
 
 from .errors import DiscriminatorError
@@ -33,6 +34,7 @@ __all__ = [
     "RatioObjectives",
     "checked_per_point",
     "frozen_weights",
+    "register_network",
     "stored_module",
 ]
 
@@ -61,6 +63,18 @@ def stored_module(name: str) -> bool:
     """Whether Pyro's param store already holds weights of the module ``name``
     (a resumed run): a network built then must not draw from the global RNG."""
     return any(module_from_param_with_module_name(k) == name for k in pyro.get_param_store())
+
+
+def register_network(name: str, net: nn.Module, untrained: Sequence[str] = ()) -> nn.Module:
+    """
+    ``pyro.module(name, net, update_module_params=True)``, with the parameters
+    named in ``untrained`` (never trained: an input standardisation kept as a
+    parameter so that the param store saves and restores it) hidden from the
+    trace, so that SVI's optimiser does not step them.
+    """
+    hidden = [param_with_module_name(name, n) for n in untrained]
+    with poutine.block(hide=hidden):
+        return pyro.module(name, net, update_module_params=True)
 
 
 @contextlib.contextmanager

@@ -264,3 +264,22 @@ def test_healthy_run_stays_silent():
         warnings.simplefilter("error", LFVIWarning)
         for _ in range(600):
             svi.step(problem.data)
+
+
+@pytest.mark.parametrize(
+    "estimator, untrained",
+    [
+        ("contrastive", {"lfvi_ratio$$$x_standardization", "lfvi_ratio$$$theta_standardization"}),
+        ("joint", {"lfvi_discriminator$$$standardization"}),
+    ],
+)
+def test_untrained_standardisation_is_saved_but_not_stepped(estimator, untrained):
+    problem = ConjugateNormal()
+    optim = pyro.optim.Adam({"lr": 0.01})
+    svi = pyro.infer.SVI(problem.model, problem.guide, optim, LFVI(estimator=estimator))
+    svi.step(problem.data)
+    store = pyro.get_param_store()
+    assert untrained <= set(store.keys())  # checkpoints keep them
+    stepped = {store.param_name(p) for p in optim.optim_objs}
+    assert not untrained & stepped
+    assert any(name.endswith("weight") for name in stepped)  # the weights are trained
