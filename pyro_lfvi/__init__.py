@@ -16,6 +16,7 @@ from .errors import (
     ModelStructureError,
     SimulatorError,
 )
+from .estimator_check import EstimatorCheck, check_ratio_estimator
 from .history import History
 from .implicit import ImplicitSite
 from .inference_data import to_inference_data
@@ -37,6 +38,7 @@ __all__ = [
     "ConvEmbedding",
     "DeepSetEmbedding",
     "DiscriminatorError",
+    "EstimatorCheck",
     "History",
     "ImplicitDensityError",
     "ImplicitSite",
@@ -50,6 +52,7 @@ __all__ = [
     "RatioObjectives",
     "SimulatorError",
     "TrainingMonitor",
+    "check_ratio_estimator",
     "default_embedding",
     "fit",
     "hinge_loss",

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Protocol, SupportsFloat, cast
 from tqdm.auto import tqdm
 
 from .compat import elbo_of
+from .contrastive import ContrastiveRatioEstimator
+from .estimator_check import check_ratio_estimator
 from .history import History
 from .validation import check_positive_int
 
@@ -35,12 +37,17 @@ def fit(
     num_steps: int,
     progress: bool = True,
     callback: Callable[[int, float], None] | None = None,
+    check: bool = False,
     **kwargs: Any,
 ) -> list[float]:
     """
     Run ``svi.step(*args, **kwargs)`` ``num_steps`` times. At the end, warn
     (:class:`~pyro_lfvi.LFVIWarning`) if the guide's globals were still moving
-    (:meth:`~pyro_lfvi.TrainingMonitor.check_convergence`).
+    (:meth:`~pyro_lfvi.TrainingMonitor.check_convergence`). With
+    ``check=True`` and the contrastive ratio estimator, also warn if the
+    estimator lagged behind the guide
+    (:func:`~pyro_lfvi.check_ratio_estimator`, which costs 64 steps' worth
+    of simulations and a few seconds to minutes of training).
 
     Example::
 
@@ -61,6 +68,9 @@ def fit(
     :param int num_steps: number of steps.
     :param bool progress: show a tqdm progress bar (default True).
     :param callable callback: called as ``callback(step, loss)`` after each step.
+    :param bool check: run the ratio estimator's end-of-training check
+        (default False, until its false-alarm rate on healthy runs is measured;
+        see README's "Known limitations").
     :returns: the loss of every step.
     :rtype: list of float
     """
@@ -85,6 +95,17 @@ def fit(
     monitor = getattr(elbo_of(svi), "monitor", None)
     if monitor is not None:
         monitor.check_convergence()
+    elbo = elbo_of(svi)
+    model, guide = getattr(svi, "model", None), getattr(svi, "guide", None)
+    estimator = getattr(elbo, "estimator", None)
+    if (
+        check
+        and model is not None
+        and guide is not None
+        and isinstance(estimator, ContrastiveRatioEstimator)
+        and estimator.network is not None
+    ):
+        check_ratio_estimator(elbo, model, guide, *args, **kwargs)  # type: ignore[arg-type]
     return losses
 
 

@@ -1,0 +1,89 @@
+import warnings
+
+import pyro
+import pytest
+import torch
+
+from pyro_lfvi import LFVI, EstimatorCheck, LFVIWarning, check_ratio_estimator, fit
+from pyro_lfvi.examples import GaussianLinear
+
+
+def trained(num_steps, estimator=None, **lfvi):
+    problem = GaussianLinear(dim=2, data=torch.tensor([0.3, -0.2]))
+    elbo = LFVI(estimator=estimator, **lfvi)
+    svi = pyro.infer.SVI(problem.model, problem.guide, pyro.optim.Adam({"lr": 0.01}), elbo)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LFVIWarning)
+        fit(svi, problem.data, num_steps=num_steps, progress=False, check=False)
+    return problem, elbo
+
+
+def test_an_estimator_that_has_not_learned_is_flagged():
+    # After two steps the classifier has barely started: a copy trained on
+    # simulations at the guide must do much better, and the check must say so.
+    problem, elbo = trained(2)
+    with pytest.warns(LFVIWarning, match="ratio estimator lagged behind the guide"):
+        result = check_ratio_estimator(elbo, problem.model, problem.guide, problem.data)
+    assert isinstance(result, EstimatorCheck)
+    assert result.warned and result.gain > 0.05
+    assert result.simulations == 64 * elbo.num_particles
+
+
+def test_an_estimator_that_kept_up_is_not_flagged():
+    # A converged copy installed as the online network leaves nothing to gain.
+    problem, elbo = trained(2)
+    first = check_ratio_estimator(elbo, problem.model, problem.guide, problem.data, warn=False)
+    assert first.gain > 0.05
+    net = elbo.estimator.network
+    params = [p for n, p in net.named_parameters() if not n.endswith("standardization")]
+    optim = torch.optim.Adam(params, lr=1e-3)
+    for _ in range(1500):
+        pair = elbo._pair(problem.model, problem.guide, (problem.data,), {})[0]
+        loss = elbo.estimator.objectives(pair).loss
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LFVIWarning)
+        second = check_ratio_estimator(elbo, problem.model, problem.guide, problem.data)
+    assert not second.warned and second.gain < 0.05 < first.gain
+
+
+def test_check_leaves_params_and_random_stream_alone():
+    problem, elbo = trained(3)
+    before = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    state = torch.get_rng_state()
+    check_ratio_estimator(
+        elbo, problem.model, problem.guide, problem.data, max_updates=100, warn=False
+    )
+    after = dict(pyro.get_param_store().items())
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k].detach()) for k in before)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_fit_runs_the_check_when_asked():
+    problem = GaussianLinear(dim=2, data=torch.tensor([0.3, -0.2]))
+    svi = pyro.infer.SVI(problem.model, problem.guide, pyro.optim.Adam({"lr": 0.01}), LFVI())
+    with pytest.warns(LFVIWarning, match="lagged behind the guide"):
+        fit(svi, problem.data, num_steps=2, progress=False, check=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LFVIWarning)
+        fit(svi, problem.data, num_steps=1, progress=False)
+
+
+def test_bad_arguments():
+    problem, elbo = trained(1)
+    args = (elbo, problem.model, problem.guide, problem.data)
+    with pytest.raises(ValueError, match="Expected num_batches >= 8, actual 4"):
+        check_ratio_estimator(*args, num_batches=4)
+    with pytest.raises(ValueError, match="max_updates"):
+        check_ratio_estimator(*args, max_updates=0)
+    with pytest.raises(ValueError, match="threshold"):
+        check_ratio_estimator(*args, threshold=-1.0)
+    untrained = LFVI()
+    with pytest.raises(ValueError, match="has not been trained yet; train first"):
+        check_ratio_estimator(untrained, problem.model, problem.guide, problem.data)
+    _, joint = trained(1, estimator="joint", num_particles=8)
+    with pytest.raises(ValueError, match="JointRatioEstimator: the check does not apply"):
+        check_ratio_estimator(joint, problem.model, problem.guide, problem.data)
