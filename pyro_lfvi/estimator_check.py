@@ -57,6 +57,11 @@ __all__ = ["EstimatorCheck", "check_ratio_estimator"]
 GAIN_THRESHOLD = 0.05
 """Contrastive-loss gain (nats) of the refined copy above which the check warns."""
 
+PAIRS_PER_UPDATE = 4
+"""Training steps' worth of simulations in each update of the copy; it is
+evaluated for early stopping every 100 updates and stops after 5 without
+improvement."""
+
 
 @dataclass
 class EstimatorCheck:
@@ -141,7 +146,8 @@ def check_ratio_estimator(
     :param int num_batches: training steps' worth of simulations in the bank
         (default 64; three quarters train the copy, the rest is split between
         early stopping and the comparison).
-    :param int max_updates: most updates of the copy (default 2000).
+    :param int max_updates: most updates of the copy (default 2000), each on
+        :data:`~pyro_lfvi.estimator_check.PAIRS_PER_UPDATE` steps' worth of simulations.
     :param float lr: Adam's learning rate for the copy (default 1e-3).
     :param float threshold: gain in nats above which to warn (default 0.05).
     :param bool warn: warn when the gain exceeds the threshold (default True).
@@ -179,14 +185,17 @@ def check_ratio_estimator(
     best, best_state, stale, updates = _mean_loss(estimator, refined, val), None, 0, 0
     with torch.random.fork_rng():
         torch.manual_seed(1)
-        order = torch.randint(len(train), (max_updates,))
+        order = torch.randint(len(train), (max_updates, PAIRS_PER_UPDATE))
         for updates in range(1, max_updates + 1):
-            pair = train[int(order[updates - 1])]
-            loss = estimator._training(refined, pair, _valid(pair), update=False)[0]
+            picks = [train[int(i)] for i in order[updates - 1]]
+            loss = sum(
+                (estimator._training(refined, p, _valid(p), update=False)[0] for p in picks),
+                torch.zeros(()),
+            ) / len(picks)
             optim.zero_grad()
             loss.backward()
             optim.step()
-            if updates % 50 == 0:
+            if updates % 100 == 0:
                 current = _mean_loss(estimator, refined, val)
                 if current < best - 1e-4:
                     best, stale = current, 0
