@@ -79,6 +79,11 @@ def squash(z: torch.Tensor) -> torch.Tensor:
     return torch.where(over > 0, z.sign() * (_LIMIT + torch.log1p(over)), z)
 
 
+def finite_simulations(pair: PairedJoints) -> torch.Tensor:
+    """``(P, M)`` mask of the p-side simulations free of NaN and inf, on every observed site."""
+    return torch.stack([v.isfinite().all(-1) for v in pair.p_observed.values()]).all(0)
+
+
 def _robust_moments(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Median and MAD-based scale per column (sd where the MAD vanishes)."""
     med = feats.median(0).values
@@ -483,7 +488,7 @@ class ContrastiveRatioEstimator(RatioEstimator):
             )
         net = self._net(pair)
         # Simulations without NaN or inf: (P, M), shared by training and normaliser.
-        valid = torch.stack([v.isfinite().all(-1) for v in pair.p_observed.values()]).all(0)
+        valid = finite_simulations(pair)
         loss, stats = self._training(net, pair, valid, update)
         with frozen_weights(net):
             log_ratio = net(pair.q_observed, pair.q_local, pair.q_global)

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .contrastive import ContrastiveNetwork, ContrastiveRatioEstimator
+from .contrastive import ContrastiveNetwork, ContrastiveRatioEstimator, finite_simulations
 from .errors import LFVIWarning
 from .validation import check_positive_int, check_positive_number
 
@@ -87,8 +87,11 @@ class EstimatorCheck:
         return self.online_loss - self.refined_loss
 
 
-def _valid(pair: PairedJoints) -> torch.Tensor:
-    return torch.stack([v.isfinite().all(-1) for v in pair.p_observed.values()]).all(0)
+def _loss(
+    estimator: ContrastiveRatioEstimator, net: ContrastiveNetwork, pair: PairedJoints
+) -> torch.Tensor:
+    """The estimator's own contrastive training loss of ``net`` on one pairing."""
+    return estimator._training(net, pair, finite_simulations(pair), update=False)[0]
 
 
 def _mean_loss(
@@ -97,7 +100,7 @@ def _mean_loss(
     """Mean contrastive loss over ``pairs``, with the same contrasts for any network."""
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(0)
-        total = sum(float(estimator._training(net, p, _valid(p), update=False)[0]) for p in pairs)
+        total = sum(float(_loss(estimator, net, p)) for p in pairs)
     return total / len(pairs)
 
 
@@ -117,8 +120,8 @@ def check_ratio_estimator(
     Check, after training, that LFVI's contrastive ratio estimator kept up
     with the guide (see :mod:`pyro_lfvi.estimator_check`); warn
     (:class:`~pyro_lfvi.LFVIWarning`) if it did not. :func:`~pyro_lfvi.fit`
-    calls it at the end of training with ``check=True``. Neither the param store, the optimiser
-    nor the random stream after the call are changed.
+    calls it at the end of training with ``check=True``. Neither the param
+    store, the optimiser nor the random stream after the call are changed.
 
     Example::
 
@@ -188,10 +191,7 @@ def check_ratio_estimator(
         order = torch.randint(len(train), (max_updates, PAIRS_PER_UPDATE))
         for updates in range(1, max_updates + 1):
             picks = [train[int(i)] for i in order[updates - 1]]
-            loss = sum(
-                (estimator._training(refined, p, _valid(p), update=False)[0] for p in picks),
-                torch.zeros(()),
-            ) / len(picks)
+            loss = torch.stack([_loss(estimator, refined, p) for p in picks]).mean()
             optim.zero_grad()
             loss.backward()
             optim.step()

@@ -75,7 +75,8 @@ def fit(
     :rtype: list of float
     """
     num_steps = check_positive_int("num_steps", num_steps)
-    history = getattr(elbo_of(svi), "history", None)
+    elbo = elbo_of(svi)
+    history = getattr(elbo, "history", None)
     losses: list[float] = []
     bar = tqdm(range(num_steps), disable=not progress, unit="step", desc="LFVI")
     for step in bar:
@@ -92,10 +93,9 @@ def fit(
                 )
             else:
                 bar.set_postfix(loss=f"{loss:.4g}")
-    monitor = getattr(elbo_of(svi), "monitor", None)
+    monitor = getattr(elbo, "monitor", None)
     if monitor is not None:
         monitor.check_convergence()
-    elbo = elbo_of(svi)
     model, guide = getattr(svi, "model", None), getattr(svi, "guide", None)
     estimator = getattr(elbo, "estimator", None)
     if (
