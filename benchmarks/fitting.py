@@ -46,6 +46,7 @@ def train(
     lr: float = 0.01,
     final_lr: float = 0.0002,
     elbo: LFVI | None = None,
+    check: bool = True,
 ) -> LFVI:
     """
     Fit an example with :class:`pyro.infer.SVI` and LFVI, using
@@ -53,12 +54,13 @@ def train(
     from ``lr`` to ``final_lr``: the decay is what lets the guide settle to a
     fraction of a posterior sd (even with an exact likelihood).
 
-    It runs :func:`pyro_lfvi.fit`, so it ends with LFVI's end-of-training check.
+    It runs :func:`pyro_lfvi.fit`, so it ends with LFVI's end-of-training
+    checks (``check`` is passed on: the ratio estimator's check).
 
     :returns: the LFVI instance, whose ``history`` holds the training curve.
     """
     elbo = elbo if elbo is not None else LFVI()
     optim = decaying_adam(num_steps, lr, final_lr)
     svi = pyro.infer.SVI(problem.model, problem.guide, optim, elbo)
-    fit(svi, problem.data, num_steps=num_steps, progress=False)
+    fit(svi, problem.data, num_steps=num_steps, progress=False, check=check)
     return elbo

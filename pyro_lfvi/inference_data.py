@@ -213,7 +213,7 @@ def to_inference_data(
         >>> problem = ConjugateNormal()  # model, guide and data
         >>> elbo = LFVI()
         >>> svi = pyro.infer.SVI(problem.model, problem.guide, pyro.optim.Adam({"lr": 0.01}), elbo)
-        >>> losses = fit(svi, problem.data, num_steps=3, progress=False)
+        >>> losses = fit(svi, problem.data, num_steps=3, progress=False, check=False)  # a demo
         >>> idata = to_inference_data(problem.model, problem.guide, problem.data,
         ...                           num_samples=100, num_chains=2, lfvi=elbo)
         >>> idata.posterior["mu"].shape  # (chain, draw)

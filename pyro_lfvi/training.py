@@ -37,17 +37,17 @@ def fit(
     num_steps: int,
     progress: bool = True,
     callback: Callable[[int, float], None] | None = None,
-    check: bool = False,
+    check: bool = True,
     **kwargs: Any,
 ) -> list[float]:
     """
     Run ``svi.step(*args, **kwargs)`` ``num_steps`` times. At the end, warn
     (:class:`~pyro_lfvi.LFVIWarning`) if the guide's globals were still moving
-    (:meth:`~pyro_lfvi.TrainingMonitor.check_convergence`). With
-    ``check=True`` and the contrastive ratio estimator, also warn if the
-    estimator lagged behind the guide
-    (:func:`~pyro_lfvi.check_ratio_estimator`, which costs 64 steps' worth
-    of simulations and a few seconds to minutes of training).
+    (:meth:`~pyro_lfvi.TrainingMonitor.check_convergence`). With the
+    contrastive ratio estimator (the default), also warn if the estimator
+    lagged behind the guide (:func:`~pyro_lfvi.check_ratio_estimator`, which
+    costs 64 steps' worth of simulations and seconds to a minute of training
+    of a copy of the estimator).
 
     Example::
 
@@ -59,7 +59,8 @@ def fit(
         >>> problem = ConjugateNormal()  # model, guide and data
         >>> optim = pyro.optim.Adam({"lr": 0.01})
         >>> svi = pyro.infer.SVI(problem.model, problem.guide, optim, LFVI())
-        >>> losses = fit(svi, problem.data, num_steps=3, progress=False)  # 2,000 in practice
+        >>> # 2,000 steps in practice; after 3 the end-of-training check would rightly warn
+        >>> losses = fit(svi, problem.data, num_steps=3, progress=False, check=False)
         >>> len(losses)
         3
 
@@ -69,8 +70,7 @@ def fit(
     :param bool progress: show a tqdm progress bar (default True).
     :param callable callback: called as ``callback(step, loss)`` after each step.
     :param bool check: run the ratio estimator's end-of-training check
-        (default False, until its false-alarm rate on healthy runs is measured;
-        see README's "Known limitations").
+        (default True; its false-alarm rate is in README's "Diagnostics").
     :returns: the loss of every step.
     :rtype: list of float
     """

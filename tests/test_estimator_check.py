@@ -62,14 +62,15 @@ def test_check_leaves_params_and_random_stream_alone():
     assert torch.equal(state, torch.get_rng_state())
 
 
-def test_fit_runs_the_check_when_asked():
+def test_fit_runs_the_check_unless_told_not_to():
+    # Two steps leave the estimator far behind: fit's default check must say so.
     problem = GaussianLinear(dim=2, data=torch.tensor([0.3, -0.2]))
     svi = pyro.infer.SVI(problem.model, problem.guide, pyro.optim.Adam({"lr": 0.01}), LFVI())
     with pytest.warns(LFVIWarning, match="lagged behind the guide"):
-        fit(svi, problem.data, num_steps=2, progress=False, check=True)
+        fit(svi, problem.data, num_steps=2, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", LFVIWarning)
-        fit(svi, problem.data, num_steps=1, progress=False)
+        fit(svi, problem.data, num_steps=1, progress=False, check=False)
 
 
 def test_bad_arguments():

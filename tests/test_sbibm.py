@@ -4,14 +4,19 @@ The target, fixed before measuring (issue 8): C2ST at most 0.70 against
 sbibm's reference posterior samples, seeds 0-2, with LFVI's defaults
 (``LFVI()``) and at most 10^5 simulator calls (1,560 steps of 64 particles).
 The guides are the tasks' flows (mirrored over the posterior's symmetries),
-trained with ClippedAdam decaying from 0.01 to 0.0005. Runs must also stay
-free of LFVI warnings. ``python benchmarks/c2st.py --task two_moons`` (or
-``--task slcp``) reproduces the figures.
+trained with ClippedAdam decaying from 0.01 to 0.0005. A run that misses the
+target must end with an ``LFVIWarning`` (the diagnostics must not stay
+silent); one that meets it must not warn (a false alarm).
+``python benchmarks/c2st.py --task two_moons --check`` (or ``--task slcp``)
+reproduces the figures.
 
-The defaults miss the target on slcp and on two_moons' seeds 0 and 1, so
-those tests are strict expected failures that state the measured C2ST: they
-fail once LFVI reaches it. (Non-default settings that bring every two_moons
-seed below 0.70 are in the docstring of :class:`pyro_lfvi.examples.TwoMoons`.)
+The defaults miss the target on slcp and on two_moons' seeds 0 and 1, loudly:
+the end-of-training check of the ratio estimator warns. It also warns on
+two_moons seed 2, which meets the target. Those tests are strict expected
+failures that state the measured figures: they fail once LFVI reaches the
+target without a false alarm. (Non-default settings that bring every
+two_moons seed below 0.70 are in the docstring of
+:class:`pyro_lfvi.examples.TwoMoons`.)
 """
 
 import importlib.util
@@ -30,23 +35,25 @@ STEPS = 1560
 """With LFVI's default 64 particles per step (one observation): 99,840 simulator calls."""
 
 
-def _seeds(task, measured):
-    """``task`` at seeds 0-2; a seed whose measured C2ST misses the target is an
-    expected failure (strict) stating it."""
-    return [
-        pytest.param(
-            task,
-            seed,
-            marks=[]
-            if float(score) <= 0.70
-            else pytest.mark.xfail(
+def _seeds(task, measured, warns):
+    """``task`` at seeds 0-2 with the measured C2ST and whether the fit warned.
+
+    A seed that misses the target, or warns although it meets it (a false
+    alarm), is a strict expected failure stating the measured figures; a
+    silent miss is never expected: it fails the test outright.
+    """
+    params = []
+    for seed, (score, warned) in enumerate(zip(measured, warns, strict=True)):
+        marks = []
+        if float(score) > 0.70 or warned:
+            what = "missed the target" if float(score) > 0.70 else "false alarm"
+            marks = pytest.mark.xfail(
                 strict=True,
                 raises=AssertionError,
-                reason=f"measured C2ST {score}; target 0.70; issue 8",
-            ),
-        )
-        for seed, score in enumerate(measured)
-    ]
+                reason=f"measured C2ST {score} (target 0.70), warned: {warned}; {what}; issue 8",
+            )
+        params.append(pytest.param(task, seed, marks=marks))
+    return params
 
 
 def _c2st():
@@ -58,12 +65,12 @@ def _c2st():
     return module.c2st
 
 
-def fit_silently(problem, num_steps):
+def fit_and_record_warnings(problem, num_steps):
     elbo = LFVI()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", LFVIWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LFVIWarning)
         train(problem, num_steps=num_steps, lr=0.01, final_lr=0.0005, elbo=elbo)
-    return elbo
+    return elbo, [w for w in caught if issubclass(w.category, LFVIWarning)]
 
 
 @pytest.mark.parametrize("task", [TwoMoons, SLCP])
@@ -107,12 +114,16 @@ def test_slcp_simulator_moments():
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "task, seed",
-    _seeds(TwoMoons, ["0.749", "0.735", "0.683"]) + _seeds(SLCP, ["0.960", "0.971", "0.975"]),
+    _seeds(TwoMoons, ["0.749", "0.735", "0.683"], [True, True, True])
+    + _seeds(SLCP, ["0.960", "0.971", "0.975"], [True, True, True]),
 )
-def test_c2st_at_most_the_target(task, seed):
+def test_c2st_at_most_the_target_and_a_warning_exactly_when_missed(task, seed):
     pyro.set_rng_seed(seed)
     problem = task()
-    elbo = fit_silently(problem, STEPS)
+    elbo, caught = fit_and_record_warnings(problem, STEPS)
     assert STEPS * elbo.num_particles <= 100_000
     score = _c2st()(problem.guide_samples(5000), problem.reference_samples(5000), seed)
+    if score > 0.70 and not caught:
+        pytest.fail(f"C2ST {score:.3f} misses the target 0.70 and no LFVIWarning said so")
     assert score <= 0.70, score
+    assert not caught, [str(w.message) for w in caught]
