@@ -61,8 +61,8 @@ GAIN_THRESHOLD = 0.02
 
 DECIDED = 3.0
 """The copy stops training once its validation loss is this many thresholds
-below the online network's: the check will warn, and more updates would only
-cost time."""
+below the online network's: the held-out comparison will almost surely warn,
+and more updates would only cost time."""
 
 PAIRS_PER_UPDATE = 4
 """Training steps' worth of simulations in each update of the copy; it is
@@ -211,7 +211,7 @@ def check_ratio_estimator(
                     best, stale = current, 0
                     best_state = copy.deepcopy(refined.state_dict())
                     if start - best > DECIDED * threshold:
-                        break  # far enough ahead: the verdict cannot change
+                        break  # far ahead on validation: more updates would only cost time
                 else:
                     stale += 1
                     if stale >= 5:
