@@ -21,6 +21,7 @@ import numpy as np
 import pyro
 import torch
 
+from .contrastive import replay_from_state
 from .diagnostics import TrainingMonitor
 from .errors import CheckpointError
 from .history import History
@@ -252,11 +253,19 @@ class _Restore:
         discriminator_optim = state["discriminator_optim"]
         if discriminator_optim is not None:
             self._dict(discriminator_optim, "LFVI discriminator_optim")
+        # Absent from checkpoints written before the estimator had state.
+        estimator = state.get("estimator")
+        if estimator:
+            try:
+                replay_from_state(self._dict(estimator, "ratio estimator state"))
+            except ValueError as err:
+                self._fail(f"its ratio estimator state cannot be restored ({err})", err)
         return {
             "history": history,
             "monitor": monitor,
             "max_plate_nesting": nesting,
             "discriminator_optim": discriminator_optim,
+            "estimator": estimator or {},
         }
 
     def _rng(self, state: Any) -> dict[str, Any]:
@@ -320,6 +329,7 @@ class _Restore:
             lfvi.max_plate_nesting = self.lfvi["max_plate_nesting"]
             if lfvi.discriminator_optim is not None and self.lfvi["discriminator_optim"]:
                 lfvi.discriminator_optim.set_state(self.lfvi["discriminator_optim"])
+            lfvi.load_estimator_state(self.lfvi["estimator"])
         restore_random_states(self.rng, self.generators, generators)
 
 
@@ -368,6 +378,7 @@ def _lfvi_state(lfvi: Any) -> dict[str, Any] | None:
         "discriminator_optim": (
             lfvi.discriminator_optim.get_state() if lfvi.discriminator_optim is not None else None
         ),
+        "estimator": lfvi.estimator.state_dict() if lfvi.estimator is not None else {},
     }
 
 

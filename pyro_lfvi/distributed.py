@@ -126,7 +126,7 @@ from .checkpoint import (
     restore_random_states,
     save_checkpoint,
 )
-from .contrastive import ContrastiveNetwork
+from .contrastive import ContrastiveNetwork, replay_from_state
 from .elbo import LFVI
 from .errors import CheckpointError
 from .plain_state import plain_to_numpy
@@ -551,10 +551,13 @@ def save_distributed_checkpoint(
     """
     named = dict(generators or {})
     rank, world = rank_and_world_size()
-    states: list[Any] = [_rng_state(named)]
+    own = _rng_state(named)
+    # Each rank replays its own simulations (the contrastive estimator's state).
+    own["estimator"] = lfvi.estimator.state_dict() if lfvi and lfvi.estimator else {}
+    states: list[Any] = [own]
     if _active():
         states = [None] * world
-        dist.all_gather_object(states, _rng_state(named))
+        dist.all_gather_object(states, own)
     error: BaseException | None = None
     if rank == 0:
         try:
@@ -596,6 +599,8 @@ def load_distributed_checkpoint(
     try:
         state = _read_rank_state(path, rank, world, dict(generators or {}))
         load_checkpoint(path, optim, lfvi, generators=generators)
+        if lfvi is not None:
+            lfvi.load_estimator_state(state["estimator"])
         restore_random_states(state, state["generators"], generators or {})
     except Exception as err:  # reported to every rank below
         error = err
@@ -639,7 +644,11 @@ def _read_rank_state(
             "numpy": plain_to_numpy(state["numpy"]),
             "python": state["python"],
             "generators": {k: plain_to_numpy(v) for k, v in state["generators"].items()},
+            # Absent from checkpoints written before the estimator had state.
+            "estimator": state.get("estimator") or {},
         }
+        if converted["estimator"]:
+            replay_from_state(converted["estimator"])
         torch.Generator().set_state(converted["torch"])
         random.Random().setstate(converted["python"])
     except CheckpointError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 
 import pyro
@@ -438,6 +438,7 @@ class LFVI(TrainingControls, ELBO):
         self.summary = summary
         self._model_params_checked = False
         self.prior_classifiers: dict[str, nn.Module] = {}
+        self._estimator_state: Mapping[str, Any] | None = None
         self.contrast_draws = check_nonnegative_int("contrast_draws", contrast_draws)
         if self.contrast_draws == 1:
             raise ValueError(
@@ -562,6 +563,9 @@ class LFVI(TrainingControls, ELBO):
                     self.self_normalize,
                     self.summary,
                 )
+        if self._estimator_state is not None:  # from a checkpoint loaded before
+            self.estimator.load_state_dict(self._estimator_state)
+            self._estimator_state = None
         joint = isinstance(self.estimator, JointRatioEstimator)
         single = roles.full_size == 1
         if self._auto_widen and not joint:
@@ -676,6 +680,15 @@ class LFVI(TrainingControls, ELBO):
         ]
 
     # -- objectives ------------------------------------------------------------
+
+    def load_estimator_state(self, state: Mapping[str, Any]) -> None:
+        """Restore the ratio estimator's state outside the param store
+        (:meth:`~pyro_lfvi.RatioEstimator.state_dict`), now or, if the default
+        estimator is not built yet, when it is (used by checkpoints)."""
+        if self.estimator is not None:
+            self.estimator.load_state_dict(state)
+        else:
+            self._estimator_state = state
 
     def _objectives(
         self,

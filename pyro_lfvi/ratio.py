@@ -17,8 +17,9 @@ its two objectives). Implementations: :class:`~pyro_lfvi.ContrastiveRatioEstimat
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyro
 import torch
@@ -126,3 +127,18 @@ class RatioEstimator:
     def modules(self) -> dict[str, nn.Module]:
         """The estimator's networks by param-store name (for checkpoints and modules)."""
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """State outside the param store that a resumed run needs (tensors and
+        plain data; default: none)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned.
+
+        :raises ValueError: if ``state`` is not such a state.
+        """
+        if state:
+            raise ValueError(
+                f"Expected no state for {type(self).__name__}, actual keys {sorted(state)}"
+            )

@@ -12,14 +12,21 @@ import torch
 from pyro.distributions import constraints
 from torch.distributions import ExpTransform, transform_to
 
-from pyro_lfvi import LFVI, CheckpointError, ImplicitSite, load_checkpoint, save_checkpoint
+from pyro_lfvi import (
+    LFVI,
+    CheckpointError,
+    ContrastiveRatioEstimator,
+    ImplicitSite,
+    load_checkpoint,
+    save_checkpoint,
+)
 from pyro_lfvi.examples import HierarchicalNormal
 
 
-def new_run():
+def new_run(replay=0):
     problem = HierarchicalNormal(num_groups=6, batch_size=3)
     optim = pyro.optim.ClippedAdam({"lr": 0.02, "lrd": 0.999})
-    elbo = LFVI()
+    elbo = LFVI(estimator=ContrastiveRatioEstimator(replay=replay)) if replay else LFVI()
     svi = pyro.infer.SVI(problem.model, problem.guide, optim, elbo)
     return problem, optim, elbo, svi
 
@@ -28,17 +35,18 @@ def params():
     return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
 
 
-def test_resume_matches_uninterrupted_run_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("replay", [0, 1024])
+def test_resume_matches_uninterrupted_run_bit_for_bit(tmp_path, replay):
     steps = 20
     pyro.set_rng_seed(3)
-    problem, _, elbo, svi = new_run()
+    problem, _, elbo, svi = new_run(replay)
     for _ in range(steps):
         svi.step(problem.data)
     uninterrupted, history = params(), list(elbo.history)
 
     pyro.clear_param_store()
     pyro.set_rng_seed(3)
-    problem, optim, elbo, svi = new_run()
+    problem, optim, elbo, svi = new_run(replay)
     for _ in range(steps // 2):
         svi.step(problem.data)
     save_checkpoint(tmp_path / "ckpt.pt", optim, elbo)
@@ -46,7 +54,7 @@ def test_resume_matches_uninterrupted_run_bit_for_bit(tmp_path):
     # A fresh process would start here: new objects, empty store, other RNG state.
     pyro.clear_param_store()
     pyro.set_rng_seed(12345)
-    _, optim, elbo, svi = new_run()
+    _, optim, elbo, svi = new_run(replay)
     load_checkpoint(tmp_path / "ckpt.pt", optim, elbo)
     for _ in range(steps - steps // 2):
         svi.step(problem.data)
@@ -198,6 +206,11 @@ def _set(path, value):
         (_drop("lfvi", "monitor", "elbo"), r"LFVI monitor cannot be restored"),
         (_set(["lfvi", "monitor", "window"], 0), r"LFVI monitor cannot be restored"),
         (_drop("lfvi", "history"), r"'lfvi' lacks the key\(s\) \['history'\]"),
+        (_set(["lfvi", "estimator"], {"replay": 3}), r"ratio estimator state cannot be restored"),
+        (
+            _set(["lfvi", "estimator"], {"replay": [{"observed": {}}]}),
+            r"ratio estimator state cannot be restored",
+        ),
         # The last checks: a failure there must not leave the earlier parts restored.
         (
             _set(["rng", "torch"], torch.zeros(3, dtype=torch.uint8)),
@@ -234,6 +247,32 @@ def test_the_file_is_tensors_and_plain_data_that_torch_load_weights_only_reads(t
     assert plain(state)
     assert state["constraints"]["mu_scale"] == {"name": "positive"}
     assert state["constraints"]["mu_loc"] == {"name": "real"}
+
+
+def test_a_checkpoint_written_before_the_estimator_had_state_loads(trained, tmp_path):
+    good, optim, elbo = trained
+    old = _tampered(good, tmp_path / "old.pt", _drop("lfvi", "estimator"))
+    load_checkpoint(old, optim, elbo)
+    assert elbo.estimator.state_dict() == {"replay": []}
+
+
+def test_the_replayed_simulations_are_saved_and_restored(tmp_path):
+    problem, optim, elbo, svi = new_run(replay=1024)
+    for _ in range(4):
+        svi.step(problem.data)
+    save_checkpoint(tmp_path / "replay.pt", optim, elbo)
+    saved = torch.load(tmp_path / "replay.pt", weights_only=True)["lfvi"]["estimator"]["replay"]
+    assert len(saved) == 3  # 86 particles x 3 points a step: 1,024 rows hold 3 steps
+    pyro.clear_param_store()
+    _, optim, elbo, _ = new_run(replay=1024)
+    load_checkpoint(tmp_path / "replay.pt", optim, elbo)
+    restored = elbo.estimator.state_dict()["replay"]
+    assert len(restored) == 3
+    for a, b in zip(saved, restored, strict=True):
+        for part in ("observed", "local", "global"):
+            assert a[part].keys() == b[part].keys() and a[part]
+            assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+        assert torch.equal(a["valid"], b["valid"])
 
 
 class NumpySimulator:

@@ -1,5 +1,6 @@
 """The default contrastive ratio estimator: choice, training inputs, robustness."""
 
+import itertools
 import warnings
 
 import pyro
@@ -104,6 +105,7 @@ def test_estimator_arguments_are_checked(kwargs, match):
         ({"hidden_sizes": (0,)}, "each of hidden_sizes"),
         ({"name": ""}, "name to be a non-empty str"),
         ({"normalizer_draws": 0}, "normalizer_draws to be an integer >= 1"),
+        ({"replay": -1}, "replay to be an integer >= 0"),
     ],
 )
 def test_contrastive_arguments_are_checked(kwargs, match):
@@ -166,6 +168,50 @@ def test_loss_has_no_side_effects():
     assert len(elbo.history) == history
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_each_step_trains_on_the_latest_steps_that_fit_in_replay():
+    problem = AR1Series()  # one observation: 64 particles, 64 simulations a step
+    runs = {}
+    for replay in (200, 64, 0):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        estimator = ContrastiveRatioEstimator(replay=replay)
+        elbo = LFVI(estimator=estimator)
+        svi = pyro.infer.SVI(problem.model, problem.guide, pyro.optim.Adam({"lr": 0.01}), elbo)
+        replays = []
+        for _ in range(5):
+            svi.step(problem.data)
+            replays.append(estimator.state_dict()["replay"])
+        runs[replay] = replays, [h["discriminator_loss"] for h in elbo.history]
+    # 200 rows hold three steps of 64; the newest steps are kept, oldest first.
+    wide, wide_losses = runs[200]
+    assert [len(r) for r in wide] == [1, 2, 3, 3, 3]
+    for before, after in itertools.pairwise(wide):
+        kept = after[:-1]
+        for a, b in zip(before[-len(kept) :], kept, strict=True):
+            assert torch.equal(a["observed"]["x"], b["observed"]["x"])
+    # A step as large as replay trains on its own alone, as without replay (the default).
+    own, own_losses = runs[64]
+    off, off_losses = runs[0]
+    assert [len(r) for r in own] == [1] * 5 and [len(r) for r in off] == [0] * 5
+    assert own_losses == off_losses
+    assert ContrastiveRatioEstimator().replay == 0
+    # The first step has nothing to replay; the second trains on two steps' simulations.
+    assert wide_losses[0] == own_losses[0]
+    assert wide_losses[1] != own_losses[1]
+
+
+def test_replay_state_is_checked():
+    estimator = ContrastiveRatioEstimator()
+    with pytest.raises(ValueError, match=r"Expected the contrastive estimator's state"):
+        estimator.load_state_dict({"replay": "none"})
+    with pytest.raises(ValueError, match=r"Expected replay entries of tensors"):
+        estimator.load_state_dict(
+            {"replay": [{"observed": {"x": 1}, "local": {}, "global": {}, "valid": 1}]}
+        )
+    with pytest.raises(ValueError, match=r"Expected no state for JointRatioEstimator"):
+        JointRatioEstimator().load_state_dict({"replay": []})
 
 
 def test_standardisation_follows_the_simulations_as_they_move():

@@ -15,8 +15,10 @@ what every rank holds after every step; the tests then compare
   pyro_lfvi.distributed. The comparison is exact (torch.equal): gloo sums two
   tensors as a + b, and both sides divide by 2;
 * a resumed run with the uninterrupted one: rank 0 alone writes the
-  checkpoint, both ranks load it, each gets its own random streams back, and
-  the next steps must match bit for bit.
+  checkpoint, both ranks load it, each gets its own random streams and its
+  own replayed simulations back (the estimator replays the latest steps,
+  ``replay=256``, each rank its own), and the next steps must match bit for
+  bit.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import torch.multiprocessing as mp
 from pyro import poutine
 
 import pyro_lfvi.distributed as lfvi_dist
-from pyro_lfvi import LFVI, ImplicitSite
+from pyro_lfvi import LFVI, ContrastiveRatioEstimator, ImplicitSite
 from pyro_lfvi.contrastive import ContrastiveNetwork
 from pyro_lfvi.distributed import (
     DistributedOptim,
@@ -104,11 +106,16 @@ def _worker(rank: int, port: int, outdir: str) -> None:
         tdist.destroy_process_group()
 
 
+def _lfvi() -> LFVI:
+    """8 particles x 8 points a rank: replay holds 4 steps, so each rank's own matter."""
+    return LFVI(num_particles=8, estimator=ContrastiveRatioEstimator(replay=256))
+
+
 def _train(rank: int, outdir: str) -> None:
     problem, model, guide = _problem()
     data = problem.data
     batches = _batches()
-    elbo = LFVI(num_particles=8)
+    elbo = _lfvi()
     optim = DistributedOptim(pyro.optim.Adam({"lr": LR}), elbo)
     svi = pyro.infer.SVI(model, guide, optim, elbo)
     pyro.set_rng_seed(100 + rank)  # each rank its own initial network
@@ -140,7 +147,7 @@ def _train(rank: int, outdir: str) -> None:
     # Resume in fresh objects; the minibatch generator is the caller's to restore.
     pyro.clear_param_store()
     torch.manual_seed(12345)  # whatever the streams are now, the checkpoint sets them
-    elbo = LFVI(num_particles=8)
+    elbo = _lfvi()
     optim = DistributedOptim(pyro.optim.Adam({"lr": LR}), elbo)
     svi = pyro.infer.SVI(model, guide, optim, elbo)
     load_distributed_checkpoint(path, optim, elbo)
@@ -198,7 +205,7 @@ def _reference() -> dict[str, dict[str, torch.Tensor]]:
         problem, model, guide = _problem()
         data = problem.data
         batches = _batches()
-        elbo = LFVI(num_particles=8)
+        elbo = _lfvi()
         optim = pyro.optim.Adam({"lr": LR})
         store = pyro.get_param_store()
         pyro.set_rng_seed(100)  # rank 0's initialisation, which broadcast_params spreads
@@ -207,6 +214,9 @@ def _reference() -> dict[str, dict[str, torch.Tensor]]:
         assert isinstance(net, ContrastiveNetwork)
         rows = (net.x_standardization, net.theta_standardization)
         out = {"initial": _snapshot(elbo)}
+        estimator = elbo.estimator
+        assert estimator is not None
+        replays = [estimator.state_dict() for _ in range(WORLD)]  # each rank replays its own
         for step in range(COMPARED):
             idx = next(batches)
             before = [row.detach().clone() for row in rows], net.fitted
@@ -218,8 +228,10 @@ def _reference() -> dict[str, dict[str, torch.Tensor]]:
                         row.copy_(saved)
                 net.fitted = before[1]
                 pyro.set_rng_seed(_step_seed(step, rank))
+                estimator.load_state_dict(replays[rank])
                 with poutine.trace(param_only=True) as capture:
                     elbo.loss_and_grads(model, guide, data, shard(idx, rank, WORLD))
+                replays[rank] = estimator.state_dict()
                 params = {
                     store.param_name(site["value"].unconstrained()): site["value"].unconstrained()
                     for site in capture.trace.nodes.values()
