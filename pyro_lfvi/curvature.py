@@ -1,0 +1,197 @@
+r"""Bartlett's identities on the contrastive ratio estimator, against the guide's width.
+
+An exact log likelihood :math:`\ell(x, \theta) = \log p(x \mid \theta)`
+satisfies, at every latent value :math:`\theta` and for data simulated there,
+
+.. math::
+
+    A = \mathbb{E}_{x \sim p(x \mid \theta)}\big[(\partial_j \ell)^2\big]
+      = -\mathbb{E}_{x \sim p(x \mid \theta)}\big[\partial_j^2 \ell\big] = B
+
+(Bartlett's second identity: the score's variance is the Fisher information).
+The contrastive estimator's logit :math:`s(x, z, \beta)` differs from
+:math:`\ell` by a function of :math:`x` alone when it is exact, so its
+derivatives in the latents obey the same identity. :func:`curvature` measures
+both sides for each latent coordinate on simulations at the guide, and
+compares the estimator's curvature with the guide's own precision:
+
+- ``ratio`` :math:`= B_j / A_j`. A classifier whose logit is shrunk to
+  :math:`c\,\ell` gives :math:`1/c`, and a posterior whose sds are about
+  :math:`\sqrt{1/c}` times too wide; a classifier whose curvature is
+  negative, or far from its score's variance, has not resolved how the data
+  move with that coordinate.
+- ``width`` :math:`= \sqrt{n_j B_j / \Lambda_j}`, with :math:`\Lambda_j` the
+  guide's precision in the coordinate and :math:`n_j` the number of data
+  points informing it (all :math:`N` for a global, one for a local). The prior
+  only adds precision, so a guide that has converged on the estimator's
+  likelihood is at most as wide as :math:`(n_j B_j)^{-1/2}`: a width well
+  above one is a guide that stopped before it converged.
+
+References
+
+[1] `Hierarchical Implicit Models and Likelihood-Free Variational Inference`,
+    Dustin Tran, Rajesh Ranganath, David M. Blei (NIPS 2017)
+[2] `Theory of Point Estimation`, E. L. Lehmann, George Casella (Springer,
+    1998), §2.6 (the information identity)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .contrastive import ContrastiveNetwork, finite_simulations
+from .pairing import PairedJoints
+
+__all__ = ["Curvature", "MAX_COORDINATES", "RELEVANT", "curvature"]
+
+RELEVANT = 0.25
+"""Likelihood share of the guide's precision (:attr:`Curvature.relevance`) from
+which a curvature that is not positive counts as a failure."""
+
+MAX_COORDINATES = 64
+"""Latent coordinates per data point beyond which :func:`curvature` is not
+measured (one backward pass per coordinate)."""
+
+
+@dataclass
+class Curvature:
+    """Bartlett's identity for one latent coordinate (see :mod:`pyro_lfvi.curvature`).
+
+    :param float score_variance: :math:`A_j`, per data point.
+    :param float curvature: :math:`B_j`, per data point.
+    :param float guide_precision: the guide's precision in the coordinate
+        (of the coordinate as the estimator sees it: globals in their
+        constrained space).
+    :param int points: data points that inform the coordinate.
+    """
+
+    score_variance: float
+    curvature: float
+    guide_precision: float
+    points: int
+
+    @property
+    def ratio(self) -> float:
+        """:math:`B_j / A_j`: 1 for an exact log likelihood."""
+        return self.curvature / self.score_variance if self.score_variance > 0 else 1.0
+
+    @property
+    def relevance(self) -> float:
+        """:math:`n_j \\hat I_j / \\Lambda_j`: the likelihood's share of the guide's
+        precision (near 0: the prior decides this coordinate), with the information
+        :math:`\\hat I_j = B_j^2 / A_j` (exact for a logit shrunk by any factor;
+        :math:`A_j` where the curvature is not positive)."""
+        if self.curvature > 0 and self.score_variance > 0:
+            info = self.curvature**2 / self.score_variance
+        else:
+            info = self.score_variance
+        return self.points * info / self.guide_precision
+
+    @property
+    def sd_factor(self) -> float:
+        r"""The factor by which the estimator's misscaled curvature widens (above 1)
+        or narrows the posterior sd of this coordinate: a logit shrunk to
+        :math:`\ell / \rho` on a likelihood share :math:`f` (``relevance``, at
+        most 1) gives :math:`(1 - f + f / \rho)^{-1/2}`; infinite when the
+        curvature is not positive on a coordinate whose likelihood matters
+        (``relevance`` at least :data:`RELEVANT`)."""
+        share = min(self.relevance, 1.0)
+        if self.ratio <= 0:
+            return float("inf") if share >= RELEVANT else 1.0
+        return (1.0 - share + share / self.ratio) ** -0.5
+
+    @property
+    def width(self) -> float:
+        """The guide's sd over the sd of the estimator's likelihood alone, :math:`n_j B_j`
+        (a prior only narrows the posterior further); 0 where the curvature is not positive."""
+        return max(self.points * self.curvature / self.guide_precision, 0.0) ** 0.5
+
+
+def _rows(
+    pair: PairedJoints,
+) -> tuple[torch.Tensor, torch.Tensor, list[str], int]:
+    """The p-side latents ``(P, M, k)`` per data point, the guide's draws of them
+    ``(P, M, k)``, their coordinate names and the number of local coordinates."""
+    P, M = pair.num_particles, pair.roles.num_points
+    names: list[str] = []
+    sim: list[torch.Tensor] = []
+    guide: list[torch.Tensor] = []
+    for part_p, part_q, is_local in (
+        (pair.p_local, pair.q_local, True),
+        (pair.p_global, pair.q_global, False),
+    ):
+        for name, value in part_p.items():
+            size = value.shape[-1]
+            names += [name] if size == 1 else [f"{name}[{i}]" for i in range(size)]
+            q = part_q[name].detach()
+            if not is_local:
+                value, q = (v.unsqueeze(-2).expand(P, M, size) for v in (value, q))
+            sim.append(value.detach())
+            guide.append(q)
+    num_local = sum(v.shape[-1] for v in pair.p_local.values())
+    empty = torch.zeros(P, M, 0)
+    return (
+        torch.cat(sim, -1) if sim else empty,
+        torch.cat(guide, -1) if guide else empty,
+        names,
+        num_local,
+    )
+
+
+def curvature(net: ContrastiveNetwork, pairs: list[PairedJoints]) -> dict[str, Curvature]:
+    """
+    Bartlett's identity for each latent coordinate of the estimator's network
+    ``net``, on the simulations of ``pairs`` (each drawn at the guide, as a
+    training step draws them), against the guide's precision.
+
+    :returns: a :class:`Curvature` by coordinate name (``"a"``, or
+        ``"theta[3]"`` for a vector site); empty when there are more than
+        :data:`MAX_COORDINATES` latent coordinates per data point, or fewer than
+        two particles.
+    :rtype: dict
+    """
+    A = B = None
+    count = 0
+    guide_var: list[torch.Tensor] = []
+    names: list[str] = []
+    num_local = 0
+    points = pairs[0].roles.full_size
+    for pair in pairs:
+        theta, guide, names, num_local = _rows(pair)
+        k = theta.shape[-1]
+        if k == 0 or k > MAX_COORDINATES or pair.num_particles < 2:
+            return {}
+        valid = finite_simulations(pair)
+        obs = {
+            n: torch.where(v.isfinite(), v, torch.zeros(())).detach()
+            for n, v in pair.p_observed.items()
+        }
+        leaf = theta.clone().requires_grad_(True)
+        with torch.enable_grad():
+            logit = net.classify(net.embed(obs), {"theta": leaf}, {})
+            (grad,) = torch.autograd.grad(logit.sum(), leaf, create_graph=True)
+            second = torch.stack(
+                [
+                    torch.autograd.grad(grad[..., j].sum(), leaf, retain_graph=True)[0][..., j]
+                    for j in range(k)
+                ],
+                -1,
+            )
+        w = valid.unsqueeze(-1).to(grad.dtype)
+        a = (grad.detach() ** 2 * w).sum((0, 1))
+        b = -(second.detach() * w).sum((0, 1))
+        A, B = (a, b) if A is None or B is None else (A + a, B + b)
+        count += int(valid.sum())
+        guide_var.append(guide.var(0).mean(0))  # over particles, then data points
+    if A is None or B is None or count == 0:
+        return {}
+    A, B = A / count, B / count
+    precision = 1.0 / torch.stack(guide_var).mean(0).clamp_min(1e-30)
+    return {
+        name: Curvature(
+            float(A[j]), float(B[j]), float(precision[j]), 1 if j < num_local else points
+        )
+        for j, name in enumerate(names)
+    }

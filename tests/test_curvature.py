@@ -1,0 +1,123 @@
+"""Bartlett's identity on known log likelihoods, and the check's warnings built on it."""
+
+import math
+import warnings
+
+import pyro
+import pytest
+import torch
+
+from pyro_lfvi import LFVI, LFVIWarning, check_ratio_estimator, fit
+from pyro_lfvi.curvature import MAX_COORDINATES, Curvature, curvature
+from pyro_lfvi.examples import ConjugateNormal, GaussianLinear
+
+
+class ExactLogLikelihood:
+    """A stand-in for the contrastive network whose logit is ``shrink`` times
+    the simulator's exact log likelihood, ``log Normal(x | mu, 1)``."""
+
+    def __init__(self, shrink=1.0):
+        self.shrink = shrink
+
+    def embed(self, observed):
+        return observed["x"]
+
+    def classify(self, embedded, local, global_):
+        mu = local["theta"][..., 0]
+        return self.shrink * torch.distributions.Normal(mu, 1.0).log_prob(embedded[..., 0])
+
+
+def conjugate_pairs(scale_factor=1.0, num=64):
+    problem = ConjugateNormal()
+    sd = problem.exact()["mu"][1]
+    pyro.param("mu_loc", torch.tensor(problem.true_mu))
+    pyro.param("mu_scale", torch.tensor(scale_factor * sd))
+    elbo = LFVI()
+    with torch.no_grad():
+        pairs = [
+            elbo._pair(problem.model, problem.guide, (problem.data,), {})[0] for _ in range(num)
+        ]
+    return pairs, sd
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_an_exact_log_likelihood_satisfies_the_identity(seed):
+    # The score's variance and the negative curvature of log Normal(x | mu, 1)
+    # are both 1 per data point; the guide sits at the exact posterior.
+    torch.manual_seed(seed)
+    pairs, sd = conjugate_pairs()
+    (name, c), *rest = curvature(ExactLogLikelihood(), pairs).items()
+    assert name == "mu" and not rest
+    assert c.points == 1000
+    assert abs(c.score_variance - 1.0) < 0.05 and abs(c.curvature - 1.0) < 1e-4
+    assert abs(c.guide_precision * sd**2 - 1.0) < 0.2  # 8 particles x 64 pairs: 3 standard errors
+    assert 0.9 < c.sd_factor < 1.1 and 0.9 < c.width < 1.1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_shrunk_logit_predicts_a_too_wide_posterior(seed):
+    # Half the log likelihood: a guide following it would be sqrt(2) too wide.
+    torch.manual_seed(seed)
+    pairs, _ = conjugate_pairs()
+    c = curvature(ExactLogLikelihood(shrink=0.5), pairs)["mu"]
+    assert abs(c.ratio - 2.0) < 0.15
+    assert abs(c.sd_factor - math.sqrt(2.0)) < 0.1
+
+
+def test_a_guide_wider_than_its_likelihood_is_measured():
+    torch.manual_seed(0)
+    pairs, _ = conjugate_pairs(scale_factor=2.0)
+    c = curvature(ExactLogLikelihood(), pairs)["mu"]
+    assert 1.8 < c.width < 2.2
+
+
+def test_curvature_properties():
+    shrunk = Curvature(score_variance=0.25, curvature=0.5, guide_precision=500.0, points=1000)
+    assert shrunk.ratio == 2.0 and shrunk.relevance == 2.0
+    assert shrunk.sd_factor == pytest.approx(math.sqrt(2.0))
+    assert shrunk.width == pytest.approx(1.0)
+    # Negative curvature where the likelihood matters; a prior-dominated coordinate.
+    assert Curvature(1.0, -0.5, 100.0, 1000).sd_factor == math.inf
+    assert Curvature(1.0, -0.5, 1e6, 1000).sd_factor == 1.0
+    assert Curvature(1.0, -0.5, 1e6, 1000).width == 0.0
+    prior_bound = Curvature(1.0, 3.0, 1e6, 1000)
+    assert prior_bound.sd_factor == pytest.approx(1 / math.sqrt(1 - 0.009 + 0.003), rel=1e-6)
+
+
+def test_too_many_coordinates_are_not_measured():
+    torch.manual_seed(0)
+    problem = GaussianLinear(dim=MAX_COORDINATES + 1, data=torch.zeros(MAX_COORDINATES + 1))
+    elbo = LFVI()
+    with torch.no_grad():
+        pair = elbo._pair(problem.model, problem.guide, (problem.data,), {})[0]
+    assert curvature(ExactLogLikelihood(), [pair]) == {}
+
+
+def test_check_warns_when_the_estimator_logit_is_shrunk():
+    # A trained fit passes; the same network with its logit scaled by 1/4
+    # breaks the identity (curvature 4x the score's variance), and the
+    # posterior sds it predicts leave the 0.8-1.25x target.
+    problem = GaussianLinear(dim=2, data=torch.tensor([0.3, -0.2]))
+    elbo = LFVI()
+    svi = pyro.infer.SVI(problem.model, problem.guide, pyro.optim.Adam({"lr": 0.01}), elbo)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LFVIWarning)
+        fit(svi, problem.data, num_steps=400, progress=False, check=False)
+    kept = check_ratio_estimator(
+        elbo, problem.model, problem.guide, problem.data, max_updates=100, warn=False
+    )
+    assert kept.failed == [], kept.curvature
+    last = [m for m in elbo.estimator.network.head.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(0.25)
+        last.bias.mul_(0.25)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LFVIWarning)
+        result = check_ratio_estimator(
+            elbo, problem.model, problem.guide, problem.data, max_updates=100
+        )
+    assert any("breaks Bartlett's identity" in str(w.message) for w in caught), caught
+    assert result.warned and set(result.failed) == {"theta[0]", "theta[1]"}
+    for name in result.failed:
+        assert abs(result.curvature[name].ratio / kept.curvature[name].ratio - 4.0) < 0.5
+        assert result.curvature[name].sd_factor > 1.25
