@@ -72,7 +72,7 @@ from .ratio import (
 )
 from .validation import check_nonnegative_int, check_positive_int, check_sizes
 
-__all__ = ["ContrastiveNetwork", "ContrastiveRatioEstimator", "squash"]
+__all__ = ["ContrastiveNetwork", "ContrastiveRatioEstimator", "squash", "zero_nonfinite"]
 
 _LIMIT = 4.0
 _PARTS = ("observed", "local", "global")
@@ -91,6 +91,12 @@ def squash(z: torch.Tensor) -> torch.Tensor:
 def finite_simulations(pair: PairedJoints) -> torch.Tensor:
     """``(P, M)`` mask of the p-side simulations free of NaN and inf, on every observed site."""
     return torch.stack([v.isfinite().all(-1) for v in pair.p_observed.values()]).all(0)
+
+
+def zero_nonfinite(observed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Simulations with NaN and inf replaced by 0 (those rows are masked out by
+    ``finite_simulations``; zeros keep the network's outputs finite)."""
+    return {k: torch.where(v.isfinite(), v, torch.zeros(())) for k, v in observed.items()}
 
 
 def replay_from_state(state: Mapping[str, Any]) -> list[Rows]:
@@ -473,7 +479,7 @@ class ContrastiveRatioEstimator(RatioEstimator):
                 f"this step's {num_bad} simulations, so there is nothing to train the ratio "
                 f"estimator on. Check the simulator at the guide's current parameters"
             )
-        obs = {k: torch.where(v.isfinite(), v, torch.zeros(())) for k, v in obs.items()}
+        obs = zero_nonfinite(obs)
         if update and int(valid.sum()) >= 2:
             x = net.features(obs)
             theta = net.theta(loc, glob, valid.shape)

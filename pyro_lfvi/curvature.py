@@ -23,9 +23,11 @@ compares the estimator's curvature with the guide's own precision:
 - ``width`` :math:`= \sqrt{n_j B_j / \Lambda_j}`, with :math:`\Lambda_j` the
   guide's precision in the coordinate and :math:`n_j` the number of data
   points informing it (all :math:`N` for a global, one for a local). The prior
-  only adds precision, so a guide that has converged on the estimator's
-  likelihood is at most as wide as :math:`(n_j B_j)^{-1/2}`: a width well
-  above one is a guide that stopped before it converged.
+  only adds precision, so a guide that has converged on the estimator's raw
+  logit is at most as wide as :math:`(n_j B_j)^{-1/2}`. It is reported, not
+  warned on: the guide follows the self-normalised ratio at the observed data,
+  whose curvature differs from the raw logit's (on the conjugate example,
+  seed 2, the width was 1.25 while the posterior sds were 0.88x the exact ones).
 
 References
 
@@ -41,7 +43,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .contrastive import ContrastiveNetwork, finite_simulations
+from .contrastive import ContrastiveNetwork, finite_simulations, zero_nonfinite
 from .pairing import PairedJoints
 
 __all__ = ["Curvature", "MAX_COORDINATES", "RELEVANT", "curvature"]
@@ -109,35 +111,16 @@ class Curvature:
         return max(self.points * self.curvature / self.guide_precision, 0.0) ** 0.5
 
 
-def _rows(
-    pair: PairedJoints,
-) -> tuple[torch.Tensor, torch.Tensor, list[str], int]:
-    """The p-side latents ``(P, M, k)`` per data point, the guide's draws of them
-    ``(P, M, k)``, their coordinate names and the number of local coordinates."""
-    P, M = pair.num_particles, pair.roles.num_points
+def _coordinates(pair: PairedJoints) -> tuple[list[str], int]:
+    """The names of the latent coordinates, in the order of
+    :meth:`~pyro_lfvi.contrastive.ContrastiveNetwork.theta` (locals, then
+    globals), and the number of local ones."""
     names: list[str] = []
-    sim: list[torch.Tensor] = []
-    guide: list[torch.Tensor] = []
-    for part_p, part_q, is_local in (
-        (pair.p_local, pair.q_local, True),
-        (pair.p_global, pair.q_global, False),
-    ):
-        for name, value in part_p.items():
+    for part in (pair.p_local, pair.p_global):
+        for name, value in part.items():
             size = value.shape[-1]
             names += [name] if size == 1 else [f"{name}[{i}]" for i in range(size)]
-            q = part_q[name].detach()
-            if not is_local:
-                value, q = (v.unsqueeze(-2).expand(P, M, size) for v in (value, q))
-            sim.append(value.detach())
-            guide.append(q)
-    num_local = sum(v.shape[-1] for v in pair.p_local.values())
-    empty = torch.zeros(P, M, 0)
-    return (
-        torch.cat(sim, -1) if sim else empty,
-        torch.cat(guide, -1) if guide else empty,
-        names,
-        num_local,
-    )
+    return names, sum(v.shape[-1] for v in pair.p_local.values())
 
 
 def curvature(net: ContrastiveNetwork, pairs: list[PairedJoints]) -> dict[str, Curvature]:
@@ -155,20 +138,17 @@ def curvature(net: ContrastiveNetwork, pairs: list[PairedJoints]) -> dict[str, C
     A = B = None
     count = 0
     guide_var: list[torch.Tensor] = []
-    names: list[str] = []
-    num_local = 0
+    names, num_local = _coordinates(pairs[0])
+    k = len(names)
     points = pairs[0].roles.full_size
+    if k == 0 or k > MAX_COORDINATES or pairs[0].num_particles < 2:
+        return {}
     for pair in pairs:
-        theta, guide, names, num_local = _rows(pair)
-        k = theta.shape[-1]
-        if k == 0 or k > MAX_COORDINATES or pair.num_particles < 2:
-            return {}
         valid = finite_simulations(pair)
-        obs = {
-            n: torch.where(v.isfinite(), v, torch.zeros(())).detach()
-            for n, v in pair.p_observed.items()
-        }
-        leaf = theta.clone().requires_grad_(True)
+        obs = {n: v.detach() for n, v in zero_nonfinite(pair.p_observed).items()}
+        sim = net.theta(pair.p_local, pair.p_global, valid.shape)
+        guide = net.theta(pair.q_local, pair.q_global, valid.shape).detach()
+        leaf = sim.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             logit = net.classify(net.embed(obs), {"theta": leaf}, {})
             (grad,) = torch.autograd.grad(logit.sum(), leaf, create_graph=True)

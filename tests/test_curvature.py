@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pyro_lfvi import LFVI, LFVIWarning, check_ratio_estimator, fit
+from pyro_lfvi.contrastive import ContrastiveNetwork
 from pyro_lfvi.curvature import MAX_COORDINATES, Curvature, curvature
 from pyro_lfvi.examples import ConjugateNormal, GaussianLinear
 
@@ -15,6 +16,8 @@ from pyro_lfvi.examples import ConjugateNormal, GaussianLinear
 class ExactLogLikelihood:
     """A stand-in for the contrastive network whose logit is ``shrink`` times
     the simulator's exact log likelihood, ``log Normal(x | mu, 1)``."""
+
+    theta = staticmethod(ContrastiveNetwork.theta)
 
     def __init__(self, shrink=1.0):
         self.shrink = shrink
