@@ -17,6 +17,7 @@ the script reports:
 - peak resident memory, and the data's own size.
 
     OMP_NUM_THREADS=1 python benchmarks/scale.py --sizes 1000 10000 100000
+    OMP_NUM_THREADS=1 python benchmarks/scale.py --sizes 10000 100000 --antithetic
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def run_one(size: int, args: argparse.Namespace) -> dict[str, object]:
     pyro.clear_param_store()
     problem = PooledSeries(num_series=size, batch_size=100)
     exact = problem.exact()
-    elbo = LFVI()
+    elbo = LFVI(antithetic=args.antithetic)
     optim = decaying_adam(args.steps, args.lr, args.final_lr)
     svi = pyro.infer.SVI(problem.model, problem.guide, optim, elbo)
     first = None
@@ -90,23 +91,31 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--final-lr", type=float, default=0.00001)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--antithetic", action="store_true", help="LFVI(antithetic=True): mirrored particles"
+    )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child process
     args = parser.parse_args()
     if args.one is not None:
         print(json.dumps(run_one(args.one, args)))
         return
     print(
-        f"PooledSeries, minibatches of 100 series, LFVI defaults, lr {args.lr} -> "
+        f"PooledSeries, minibatches of 100 series, LFVI defaults"
+        f"{' with antithetic=True' if args.antithetic else ''}, lr {args.lr} -> "
         f"{args.final_lr} over {args.steps} steps, at most {args.max_seconds:.0f} s a run, "
         f"seed {args.seed}"
     )
     rows = []
     for size in args.sizes:
-        cmd = [sys.executable, __file__, "--one", str(size)] + [
-            f"--{k.replace('_', '-')}={v}"
-            for k, v in vars(args).items()
-            if k not in ("sizes", "one")
-        ]
+        cmd = (
+            [sys.executable, __file__, "--one", str(size)]
+            + [
+                f"--{k.replace('_', '-')}={v}"
+                for k, v in vars(args).items()
+                if k not in ("sizes", "one", "antithetic")
+            ]
+            + (["--antithetic"] if args.antithetic else [])
+        )
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         row = json.loads(out.strip().splitlines()[-1])
         rows.append(row)

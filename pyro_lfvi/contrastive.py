@@ -135,6 +135,18 @@ def _robust_moments(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return med, torch.where(scale > 1e-8, scale, torch.ones_like(scale))
 
 
+def _shift(num_particles: int, mirrored: bool) -> int:
+    """A random shift of the particle dim for a shuffled pairing: any of
+    1, ..., P - 1, except P / 2 when the particles are ``mirrored``
+    (antithetic, :mod:`pyro_lfvi.antithetic`): each particle's mirror image
+    lies P / 2 away, and a simulation at the mirror image is not independent
+    of the latents it would be paired with, which biases the estimator."""
+    if mirrored and num_particles >= 4 and num_particles % 2 == 0:
+        shift = int(torch.randint(1, num_particles - 1, ()))
+        return shift + 1 if shift >= num_particles // 2 else shift
+    return int(torch.randint(1, num_particles, ()))
+
+
 class ContrastiveNetwork(nn.Module):
     r"""
     The classifier :math:`s(x, z, \beta)`: an embedding of each observed
@@ -494,7 +506,7 @@ class ContrastiveRatioEstimator(RatioEstimator):
         balance = (torch.sigmoid(joint) * weight).sum() / weight.sum().clamp_min(1.0) - 1.0
         contrasts = []
         for _ in range(self.num_contrasts):
-            shift = int(torch.randint(1, P, ()))
+            shift = _shift(P, pair.mirrored)
             perm = torch.randperm(M)
             w = weight * weight.roll(shift, 0)[:, perm]
             logits = net.classify(embedded.roll(shift, 0)[:, perm], loc, glob)

@@ -15,6 +15,7 @@ from pyro.infer import ELBO
 from pyro.optim import PyroOptim
 from torch import nn
 
+from .antithetic import AntitheticMessenger
 from .compat import ELBOModule
 from .contrastive import ContrastiveRatioEstimator
 from .controls import StepObjectives, TrainingControls
@@ -306,6 +307,14 @@ class LFVI(TrainingControls, ELBO):
     :param int history_size: the most rows :attr:`history` keeps (default
         100,000); a longer run keeps evenly spaced steps, and always the
         newest (see :class:`~pyro_lfvi.History`).
+    :param bool antithetic: draw the vectorised particles in mirrored pairs,
+        :math:`\epsilon` and :math:`-\epsilon`, at every guide site built on
+        Normal noise (default False; needs an even number of vectorised
+        particles, four or more, else it is off; see
+        :mod:`pyro_lfvi.antithetic`). Each particle keeps the guide's
+        distribution; the pairs cancel the minibatch noise that otherwise
+        keeps the guide's scales of the globals from settling when N is
+        large (thousands of data points in minibatches).
 
     References
 
@@ -338,6 +347,7 @@ class LFVI(TrainingControls, ELBO):
         retain_graph: bool | None = None,
         estimator: str | RatioEstimator | None = None,
         history_size: int = 100_000,
+        antithetic: bool = False,
     ) -> None:
         if check_positive_int("history_size", history_size) < 2:
             raise ValueError(f"Expected history_size >= 2, actual {history_size!r}")
@@ -460,6 +470,9 @@ class LFVI(TrainingControls, ELBO):
         if self.widen < 1.0:
             raise ValueError(f"Expected widen >= 1 (1 turns widening off), actual {widen!r}")
         self.self_normalize = bool(self_normalize)
+        if not isinstance(antithetic, bool):
+            raise ValueError(f"Expected antithetic to be True or False, actual {antithetic!r}")
+        self.antithetic = antithetic
         super().__init__(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
@@ -577,6 +590,8 @@ class LFVI(TrainingControls, ELBO):
                 # Enough simulations per step for the classifier to contrast.
                 wanted = -(-SIMULATIONS_PER_STEP // max(1, roles.num_points))
                 self.num_particles = int(min(max(wanted, 8), 256))
+                if self.antithetic:
+                    self.num_particles += self.num_particles % 2  # mirrored pairs
             else:
                 self.num_particles = 8
         if not joint and (self.num_particles < 2 or not self.vectorize_particles):
@@ -651,21 +666,27 @@ class LFVI(TrainingControls, ELBO):
         if self.vectorize_particles and self.num_particles > 1:
             dim = -self._max_nesting(model, guide, args, kwargs) - 1
             plate = pyro.plate(_PARTICLE_PLATE, self.num_particles, dim=dim)
-            return [
-                pair_joints(
-                    plate(model),
-                    plate(guide),
-                    args,
-                    kwargs,
-                    _PARTICLE_PLATE,
-                    self.num_particles,
-                    self.widen,
-                    self.contrast_draws,
-                    self.point_spread,
-                    self.model_params == "adversarial",
-                    allow_nonfinite=not isinstance(self.estimator, JointRatioEstimator),
-                )
-            ]
+            particles = plate(guide)
+            # The contrastive estimator pairs each particle with others than
+            # its mirror image (P / 2 away): mirroring needs an even P >= 4.
+            mirrored = self.antithetic and self.num_particles >= 4 and self.num_particles % 2 == 0
+            if mirrored:
+                particles = AntitheticMessenger(dim, self.num_particles)(particles)
+            pair = pair_joints(
+                plate(model),
+                particles,
+                args,
+                kwargs,
+                _PARTICLE_PLATE,
+                self.num_particles,
+                self.widen,
+                self.contrast_draws,
+                self.point_spread,
+                self.model_params == "adversarial",
+                allow_nonfinite=not isinstance(self.estimator, JointRatioEstimator),
+            )
+            pair.mirrored = mirrored
+            return [pair]
         return [
             pair_joints(
                 model,

@@ -77,7 +77,9 @@ class PairedJoints:
     params that the model registers and the guide does not.
     ``global_log_ratio`` leaves out the prior of globals whose prior is
     implicit; ``prior_contrasts`` holds what estimates it (see
-    :mod:`pyro_lfvi.global_ratio`).
+    :mod:`pyro_lfvi.global_ratio`). ``mirrored`` says that the particles
+    were drawn in antithetic pairs, particle ``k + P // 2`` the mirror image
+    of particle ``k`` (see :mod:`pyro_lfvi.antithetic`).
     """
 
     roles: SiteRoles
@@ -100,6 +102,7 @@ class PairedJoints:
     model_params: list[str]
     prior_contrasts: dict[str, PriorContrast]
     observed_points: dict[str, PointShape]
+    mirrored: bool = False
 
 
 def _to_rows(value: torch.Tensor, fn: object, site: Site, lead: list[str | None]) -> torch.Tensor:

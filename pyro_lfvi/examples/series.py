@@ -216,6 +216,16 @@ class PooledSeries:
         reading = dist.Normal(state, 0.5).log_prob(data[..., 1])
         pyro.factor("x", (step + reading).sum())
 
+    def minibatch_twin(self, data: torch.Tensor) -> None:
+        """:meth:`twin` on the minibatches of :meth:`model` (for Pyro's own ELBOs,
+        with particles in a plate left of the series plate)."""
+        a, sigma = self._globals()
+        with pyro.plate("series", self.num_series, subsample_size=self.batch_size) as idx:
+            state, prev = self._states(data[idx])
+            step = dist.Normal(a[..., None] * prev, sigma[..., None]).log_prob(state)
+            reading = dist.Normal(state, 0.5).log_prob(data[idx][..., 1])
+            pyro.factor("x", (step + reading).sum(-1))
+
     def guide(self, data: torch.Tensor) -> None:
         a_loc = pyro.param("a_loc", torch.tensor(0.5))
         a_scale = pyro.param("a_scale", torch.tensor(0.3), constraint=constraints.positive)

@@ -1,0 +1,155 @@
+r"""
+Antithetic particles: the guide's vectorised particles drawn in mirrored pairs.
+
+With minibatches, the reparameterised gradient of the ELBO with respect to a
+guide scale :math:`\sigma` of a global :math:`\beta = \mu + \sigma\epsilon` is
+
+.. math::
+
+    \frac{\partial}{\partial \sigma} \frac{N}{B} \sum_{n \in \text{batch}}
+    \ell_n(\mu + \sigma\epsilon)
+    = \epsilon \, \frac{N}{B} \sum_{n} \ell_n'(\mu)
+    + \sigma \epsilon^2 \, \frac{N}{B} \sum_{n} \ell_n''(\mu) + \dots
+
+Its first term has mean zero but a standard deviation of about
+:math:`\sqrt{N/B}` times the second, the signal that sets the posterior
+width: with :math:`N = 10^5` series in minibatches of 100, 30 times. Drawing
+the particles in pairs :math:`(\epsilon, -\epsilon)` cancels that term
+exactly in every step, while each particle keeps the guide's own
+distribution, so the ELBO and its gradient stay unbiased (antithetic
+variates). On the explicit twin of
+:class:`~pyro_lfvi.examples.series.PooledSeries`, fitted with Pyro's
+``Trace_ELBO`` and 8 particles, the posterior sds came out 1.97x/2.17x the
+exact ones at :math:`N = 10^5` with independent particles and 1.19x/1.27x
+with mirrored ones.
+
+:func:`antithetic` mirrors the base noise of every reparameterised guide
+site built on standard Normal noise: :class:`~torch.distributions.Normal`,
+:class:`~torch.distributions.MultivariateNormal` (with ``scale_tril``), and
+:class:`~torch.distributions.Independent`,
+:class:`~torch.distributions.TransformedDistribution` (``LogNormal``, Pyro's
+normalising flows: any with bijective transforms) and masked versions of
+those. Other sites are drawn as usual.
+
+References
+
+[1] `Hierarchical Implicit Models and Likelihood-Free Variational Inference`,
+    Dustin Tran, Rajesh Ranganath, David M. Blei (NIPS 2017),
+    https://arxiv.org/abs/1702.08896
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from pyro.distributions import MaskedDistribution
+from torch.distributions import (
+    Distribution,
+    Independent,
+    MultivariateNormal,
+    Normal,
+    TransformedDistribution,
+)
+
+from .compat import Messenger
+
+__all__ = ["AntitheticMessenger", "antithetic", "mirrored_rsample"]
+
+
+def _mirror(noise: torch.Tensor, position: int) -> torch.Tensor:
+    """Replace the second half of ``noise`` along ``position`` by minus the first
+    half (an odd last entry stays as drawn)."""
+    half = noise.shape[position] // 2
+    first = noise.narrow(position, 0, half)
+    rest = noise.narrow(position, 2 * half, noise.shape[position] - 2 * half)
+    return torch.cat([first, -first, rest], position)
+
+
+def mirrored_rsample(fn: Distribution, position: int) -> torch.Tensor | None:
+    """
+    One reparameterised draw of ``fn`` whose standard Normal base noise is
+    mirrored along batch dim ``position`` (counted from the left): entry
+    ``k + K // 2`` uses minus the noise of entry ``k``. Each entry keeps the
+    distribution of ``fn``.
+
+    :param fn: the distribution of a guide site, expanded over the particles.
+    :type fn: torch.distributions.Distribution
+    :param int position: the particle dim, from the left of ``fn.batch_shape``.
+    :returns: the draw, or None where ``fn`` is not built on Normal noise.
+    :rtype: torch.Tensor or None
+    """
+    if isinstance(fn, MaskedDistribution):
+        return mirrored_rsample(fn.base_dist, position)
+    if isinstance(fn, Independent):
+        return mirrored_rsample(fn.base_dist, position)
+    if isinstance(fn, TransformedDistribution):
+        if not all(t.bijective for t in fn.transforms):
+            return None  # |noise| would give the pair one value (e.g. HalfNormal)
+        value = mirrored_rsample(fn.base_dist, position)
+        if value is None:
+            return None
+        for transform in fn.transforms:
+            value = transform(value)
+        return value
+    shape = fn.batch_shape + fn.event_shape
+    if isinstance(fn, Normal):
+        noise = torch.randn(shape, dtype=fn.loc.dtype, device=fn.loc.device)
+        return fn.loc + fn.scale * _mirror(noise, position)
+    if isinstance(fn, MultivariateNormal):
+        noise = torch.randn(shape, dtype=fn.loc.dtype, device=fn.loc.device)
+        noise = _mirror(noise, position)
+        return fn.loc + (fn.scale_tril @ noise.unsqueeze(-1)).squeeze(-1)
+    return None
+
+
+class AntitheticMessenger(Messenger):
+    """
+    Draws each reparameterised latent site of the guide it wraps with its base
+    noise mirrored across a vectorised particle plate (see the module
+    docstring). Place it *outside* the particle plate, so that the site's
+    distribution is already expanded over the particles when it is drawn.
+    Observed sites, sites that already have a value (replayed or
+    conditioned), enumerated sites and sites without ``rsample`` are left
+    alone, as are sites not expanded over the plate.
+
+    :param int dim: the particle plate's dim (negative, as in
+        :class:`pyro.plate`).
+    :param int size: the particle plate's size.
+    """
+
+    def __init__(self, dim: int, size: int) -> None:
+        if dim >= 0:
+            raise ValueError(f"Expected a negative plate dim, actual {dim}")
+        super().__init__()
+        self.dim = dim
+        self.size = size
+
+    def _pyro_sample(self, msg: Any) -> None:
+        fn = msg["fn"]
+        if (
+            msg["is_observed"]
+            or msg["value"] is not None
+            or msg["infer"].get("enumerate")
+            or not getattr(fn, "has_rsample", False)
+            or msg["kwargs"].get("sample_shape")
+        ):
+            return
+        position = len(fn.batch_shape) + self.dim
+        if position < 0 or fn.batch_shape[position] != self.size:
+            return
+        value = mirrored_rsample(fn, position)
+        if value is not None:
+            msg["value"] = value
+
+
+def antithetic(fn: Callable[..., Any], dim: int, size: int) -> Any:
+    """
+    Handler of :class:`AntitheticMessenger`: ``antithetic(plate(guide), dim, size)``.
+
+    :param callable fn: the guide, already wrapped in the particle plate.
+    :param int dim: the particle plate's dim.
+    :param int size: the particle plate's size.
+    """
+    return AntitheticMessenger(dim, size)(fn)
