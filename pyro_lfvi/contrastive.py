@@ -138,10 +138,11 @@ def _robust_moments(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _shift(num_particles: int, mirrored: bool) -> int:
     """A random shift of the particle dim for a shuffled pairing: any of
     1, ..., P - 1, except P / 2 when the particles are ``mirrored``
-    (antithetic, :mod:`pyro_lfvi.antithetic`): each particle's mirror image
-    lies P / 2 away, and a simulation at the mirror image is not independent
-    of the latents it would be paired with, which biases the estimator."""
-    if mirrored and num_particles >= 4 and num_particles % 2 == 0:
+    (antithetic, :mod:`pyro_lfvi.antithetic`, which LFVI uses only with an
+    even P of four or more): each particle's mirror image lies P / 2 away,
+    and a simulation at the mirror image is not independent of the latents
+    it would be paired with, which biases the estimator."""
+    if mirrored:
         shift = int(torch.randint(1, num_particles - 1, ()))
         return shift + 1 if shift >= num_particles // 2 else shift
     return int(torch.randint(1, num_particles, ()))
