@@ -67,7 +67,7 @@ class History(Sequence[dict[str, float]]):
         capacity = self._steps.shape[0]
         if rows <= capacity:
             return
-        new = min(max(2 * capacity, 64), self.max_rows + 1)
+        new = min(max(2 * capacity, 64, rows), self.max_rows + 1)
         self._steps = np.resize(self._steps, new)
         for key in self._columns:
             self._columns[key] = np.resize(self._columns[key], new)

@@ -71,9 +71,13 @@ def test_memory_does_not_grow_with_the_number_of_steps():
     assert later == size
 
 
-@pytest.mark.parametrize("num_steps", [3, 17, 64])
-def test_state_dict_round_trip_resumes_as_if_never_stopped(num_steps):
-    full, first = History(max_rows=8), History(max_rows=8)
+@pytest.mark.parametrize(
+    "num_steps, max_rows",
+    # 1000 rows: more than the 64 a fresh History reserves at first
+    [(3, 8), (17, 8), (64, 8), (1000, 100_000)],
+)
+def test_state_dict_round_trip_resumes_as_if_never_stopped(num_steps, max_rows):
+    full, first = History(max_rows=max_rows), History(max_rows=max_rows)
     for row in rows(num_steps):
         full.append(row)
         first.append(row)
