@@ -24,6 +24,7 @@ from .joint import JointRatioEstimator
 from .networks import NoiseNetwork
 from .ratio import RatioEstimator, RatioObjectives
 from .ratio_losses import hinge_loss, log_loss
+from .stationarity import Stationarity, check_stationarity
 from .training import fit, plot_history
 
 try:
@@ -51,8 +52,10 @@ __all__ = [
     "RatioEstimator",
     "RatioObjectives",
     "SimulatorError",
+    "Stationarity",
     "TrainingMonitor",
     "check_ratio_estimator",
+    "check_stationarity",
     "default_embedding",
     "fit",
     "hinge_loss",

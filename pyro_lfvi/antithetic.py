@@ -66,7 +66,9 @@ def _mirror(noise: torch.Tensor, position: int) -> torch.Tensor:
     return torch.cat([first, -first, rest], position)
 
 
-def mirrored_rsample(fn: Distribution, position: int) -> torch.Tensor | None:
+def mirrored_rsample(
+    fn: Distribution, position: int, noise_scale: torch.Tensor | None = None
+) -> torch.Tensor | None:
     """
     One reparameterised draw of ``fn`` whose standard Normal base noise is
     mirrored along batch dim ``position`` (counted from the left): entry
@@ -76,31 +78,35 @@ def mirrored_rsample(fn: Distribution, position: int) -> torch.Tensor | None:
     :param fn: the distribution of a guide site, expanded over the particles.
     :type fn: torch.distributions.Distribution
     :param int position: the particle dim, from the left of ``fn.batch_shape``.
+    :param torch.Tensor noise_scale: multiplies the mirrored base noise
+        (broadcast from the right; default none). With a ``noise_scale`` that
+        requires grad, the draw's derivative in it at one is how the draw moves
+        when the guide's scales grow (:mod:`pyro_lfvi.stationarity`).
     :returns: the draw, or None where ``fn`` is not built on Normal noise.
     :rtype: torch.Tensor or None
     """
-    if isinstance(fn, MaskedDistribution):
-        return mirrored_rsample(fn.base_dist, position)
-    if isinstance(fn, Independent):
-        return mirrored_rsample(fn.base_dist, position)
+    if isinstance(fn, (MaskedDistribution, Independent)):
+        return mirrored_rsample(fn.base_dist, position, noise_scale)
     if isinstance(fn, TransformedDistribution):
         if not all(t.bijective for t in fn.transforms):
             return None  # |noise| would give the pair one value (e.g. HalfNormal)
-        value = mirrored_rsample(fn.base_dist, position)
+        value = mirrored_rsample(fn.base_dist, position, noise_scale)
         if value is None:
             return None
         for transform in fn.transforms:
             value = transform(value)
         return value
-    shape = fn.batch_shape + fn.event_shape
+    if not isinstance(fn, (Normal, MultivariateNormal)):
+        return None
+    noise = _mirror(
+        torch.randn(fn.batch_shape + fn.event_shape, dtype=fn.loc.dtype, device=fn.loc.device),
+        position,
+    )
+    if noise_scale is not None:
+        noise = noise * noise_scale
     if isinstance(fn, Normal):
-        noise = torch.randn(shape, dtype=fn.loc.dtype, device=fn.loc.device)
-        return fn.loc + fn.scale * _mirror(noise, position)
-    if isinstance(fn, MultivariateNormal):
-        noise = torch.randn(shape, dtype=fn.loc.dtype, device=fn.loc.device)
-        noise = _mirror(noise, position)
-        return fn.loc + (fn.scale_tril @ noise.unsqueeze(-1)).squeeze(-1)
-    return None
+        return fn.loc + fn.scale * noise
+    return fn.loc + (fn.scale_tril @ noise.unsqueeze(-1)).squeeze(-1)
 
 
 class AntitheticMessenger(Messenger):
@@ -138,6 +144,11 @@ class AntitheticMessenger(Messenger):
         position = len(fn.batch_shape) + self.dim
         if position < 0 or fn.batch_shape[position] != self.size:
             return
-        value = mirrored_rsample(fn, position)
+        value = mirrored_rsample(fn, position, self._noise_scale(msg, position))
         if value is not None:
             msg["value"] = value
+
+    def _noise_scale(self, msg: Any, position: int) -> torch.Tensor | None:
+        """The factor on the site's mirrored base noise (none here; see
+        :class:`~pyro_lfvi.stationarity.ScaleProbe`)."""
+        return None

@@ -661,7 +661,11 @@ class LFVI(TrainingControls, ELBO):
         guide: Callable[..., object],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        mirror: AntitheticMessenger | None = None,
     ) -> list[PairedJoints]:
+        """The paired joints of one step; ``mirror`` (for an even number of
+        vectorised particles, at least four) draws the guide's particles in
+        mirrored pairs in place of ``antithetic``'s own messenger."""
         self._setup(model, guide, args, kwargs)
         if self.vectorize_particles and self.num_particles > 1:
             dim = -self._max_nesting(model, guide, args, kwargs) - 1
@@ -670,7 +674,9 @@ class LFVI(TrainingControls, ELBO):
             # The contrastive estimator pairs each particle with others than
             # its mirror image (P / 2 away): mirroring needs an even P >= 4.
             mirrored = self.antithetic and self.num_particles >= 4 and self.num_particles % 2 == 0
-            if mirrored:
+            if mirror is not None:
+                particles, mirrored = mirror(particles), True
+            elif mirrored:
                 particles = AntitheticMessenger(dim, self.num_particles)(particles)
             pair = pair_joints(
                 plate(model),
@@ -718,9 +724,11 @@ class LFVI(TrainingControls, ELBO):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         update: bool = True,
+        mirror: AntitheticMessenger | None = None,
     ) -> StepObjectives:
-        """The ELBO estimate and every training loss of one step, averaged over particles."""
-        pairs = self._pair(model, guide, args, kwargs)
+        """The ELBO estimate and every training loss of one step, averaged over
+        particles (``mirror``: see :meth:`_pair`)."""
+        pairs = self._pair(model, guide, args, kwargs, mirror)
         estimator = self.estimator
         assert estimator is not None
         out = StepObjectives(model_params=pairs[0].model_params)

@@ -16,6 +16,7 @@ from .compat import elbo_of
 from .contrastive import ContrastiveRatioEstimator
 from .estimator_check import check_ratio_estimator
 from .history import History
+from .stationarity import check_stationarity
 from .validation import check_positive_int
 
 if TYPE_CHECKING:  # matplotlib is optional and imported when plotting
@@ -47,7 +48,9 @@ def fit(
     contrastive ratio estimator (the default), also warn if the estimator
     lagged behind the guide (:func:`~pyro_lfvi.check_ratio_estimator`, which
     costs 64 steps' worth of simulations and seconds to a minute of training
-    of a copy of the estimator).
+    of a copy of the estimator). Then warn if the guide's scales had not
+    reached a stationary point of the ELBO (:func:`~pyro_lfvi.check_stationarity`,
+    64 steps' worth of particles without training).
 
     Example::
 
@@ -69,8 +72,9 @@ def fit(
     :param int num_steps: number of steps.
     :param bool progress: show a tqdm progress bar (default True).
     :param callable callback: called as ``callback(step, loss)`` after each step.
-    :param bool check: run the ratio estimator's end-of-training check
-        (default True; its false-alarm rate is in README's "Diagnostics").
+    :param bool check: run the end-of-training checks of the ratio estimator
+        and of the guide's scales (default True; their false-alarm rates are
+        in README's "Diagnostics").
     :returns: the loss of every step.
     :rtype: list of float
     """
@@ -98,14 +102,11 @@ def fit(
         monitor.check_convergence()
     model, guide = getattr(svi, "model", None), getattr(svi, "guide", None)
     estimator = getattr(elbo, "estimator", None)
-    if (
-        check
-        and model is not None
-        and guide is not None
-        and isinstance(estimator, ContrastiveRatioEstimator)
-        and estimator.network is not None
-    ):
+    if not check or model is None or guide is None or estimator is None:
+        return losses
+    if isinstance(estimator, ContrastiveRatioEstimator) and estimator.network is not None:
         check_ratio_estimator(elbo, model, guide, *args, **kwargs)  # type: ignore[arg-type]
+    check_stationarity(elbo, model, guide, *args, **kwargs)  # type: ignore[arg-type]
     return losses
 
 

@@ -23,6 +23,7 @@ DOCTESTED = [
     "pyro_lfvi.inference_data",  # to_inference_data
     "pyro_lfvi.training",  # fit
     "pyro_lfvi.history",  # History
+    "pyro_lfvi.stationarity",  # check_stationarity
 ]
 
 
