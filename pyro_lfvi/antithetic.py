@@ -51,10 +51,11 @@ from torch.distributions import (
     Normal,
     TransformedDistribution,
 )
+from torch.distributions.transforms import Transform
 
 from .compat import Messenger
 
-__all__ = ["AntitheticMessenger", "mirrored_rsample"]
+__all__ = ["AntitheticMessenger", "mirrored_rsample", "normal_noise"]
 
 
 def _mirror(noise: torch.Tensor, position: int) -> torch.Tensor:
@@ -64,6 +65,25 @@ def _mirror(noise: torch.Tensor, position: int) -> torch.Tensor:
     first = noise.narrow(position, 0, half)
     rest = noise.narrow(position, 2 * half, noise.shape[position] - 2 * half)
     return torch.cat([first, -first, rest], position)
+
+
+def normal_noise(
+    fn: Distribution,
+) -> tuple[Normal | MultivariateNormal | None, list[Transform]]:
+    """The Normal under ``fn`` and the bijective transforms that map its draws
+    to those of ``fn`` (in the order they apply); ``(None, [])`` where ``fn``
+    is not a bijection of Normal noise (a HalfNormal's ``|noise|`` would give
+    a mirrored pair one value)."""
+    if isinstance(fn, (MaskedDistribution, Independent)):
+        return normal_noise(fn.base_dist)
+    if isinstance(fn, TransformedDistribution):
+        if not all(t.bijective for t in fn.transforms):
+            return None, []
+        base, inner = normal_noise(fn.base_dist)
+        return (base, inner + list(fn.transforms)) if base is not None else (None, [])
+    if isinstance(fn, (Normal, MultivariateNormal)):
+        return fn, []
+    return None, []
 
 
 def mirrored_rsample(
@@ -85,28 +105,24 @@ def mirrored_rsample(
     :returns: the draw, or None where ``fn`` is not built on Normal noise.
     :rtype: torch.Tensor or None
     """
-    if isinstance(fn, (MaskedDistribution, Independent)):
-        return mirrored_rsample(fn.base_dist, position, noise_scale)
-    if isinstance(fn, TransformedDistribution):
-        if not all(t.bijective for t in fn.transforms):
-            return None  # |noise| would give the pair one value (e.g. HalfNormal)
-        value = mirrored_rsample(fn.base_dist, position, noise_scale)
-        if value is None:
-            return None
-        for transform in fn.transforms:
-            value = transform(value)
-        return value
-    if not isinstance(fn, (Normal, MultivariateNormal)):
+    base, transforms = normal_noise(fn)
+    if base is None:
         return None
     noise = _mirror(
-        torch.randn(fn.batch_shape + fn.event_shape, dtype=fn.loc.dtype, device=fn.loc.device),
+        torch.randn(
+            base.batch_shape + base.event_shape, dtype=base.loc.dtype, device=base.loc.device
+        ),
         position,
     )
     if noise_scale is not None:
         noise = noise * noise_scale
-    if isinstance(fn, Normal):
-        return fn.loc + fn.scale * noise
-    return fn.loc + (fn.scale_tril @ noise.unsqueeze(-1)).squeeze(-1)
+    if isinstance(base, Normal):
+        value = base.loc + base.scale * noise
+    else:
+        value = base.loc + (base.scale_tril @ noise.unsqueeze(-1)).squeeze(-1)
+    for transform in transforms:
+        value = transform(value)
+    return value
 
 
 class AntitheticMessenger(Messenger):

@@ -663,9 +663,11 @@ class LFVI(TrainingControls, ELBO):
         kwargs: dict[str, Any],
         mirror: AntitheticMessenger | None = None,
     ) -> list[PairedJoints]:
-        """The paired joints of one step; ``mirror`` (for an even number of
-        vectorised particles, at least four) draws the guide's particles in
-        mirrored pairs in place of ``antithetic``'s own messenger."""
+        """The paired joints of one step; ``mirror`` (a messenger over the
+        vectorised particle plate, as :func:`~pyro_lfvi.check_stationarity`
+        passes for any count of at least four; with an odd count the last
+        particle is drawn unmirrored) draws the guide's particles in mirrored
+        pairs in place of ``antithetic``'s own messenger."""
         self._setup(model, guide, args, kwargs)
         if self.vectorize_particles and self.num_particles > 1:
             dim = -self._max_nesting(model, guide, args, kwargs) - 1

@@ -58,16 +58,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from pyro.distributions import MaskedDistribution
-from torch.distributions import (
-    Distribution,
-    Independent,
-    MultivariateNormal,
-    Normal,
-    TransformedDistribution,
-)
+from torch.distributions import Distribution, MultivariateNormal, Normal
 
-from .antithetic import AntitheticMessenger
+from .antithetic import AntitheticMessenger, normal_noise
 from .errors import LFVIWarning
 from .validation import check_positive_int
 
@@ -84,15 +77,13 @@ SIGNIFICANCE = 3.0
 
 
 def _learned_base(fn: Distribution) -> Normal | MultivariateNormal | None:
-    """The Normal noise under ``fn`` when its scale is learned (requires grad), else None."""
-    if isinstance(fn, (MaskedDistribution, Independent)):
-        return _learned_base(fn.base_dist)
-    if isinstance(fn, TransformedDistribution):
-        return _learned_base(fn.base_dist)
-    if isinstance(fn, Normal) and fn.scale.requires_grad:
-        return fn
-    if isinstance(fn, MultivariateNormal) and fn.scale_tril.requires_grad:
-        return fn
+    """The Normal noise under ``fn`` (see :func:`~pyro_lfvi.antithetic.normal_noise`)
+    when its scale is learned (requires grad), else None."""
+    base, _ = normal_noise(fn)
+    if isinstance(base, Normal) and base.scale.requires_grad:
+        return base
+    if isinstance(base, MultivariateNormal) and base.scale_tril.requires_grad:
+        return base
     return None
 
 

@@ -81,6 +81,16 @@ def test_a_guide_whose_noise_scale_is_fixed_is_not_probed():
     assert grads == {}
 
 
+def test_a_half_normal_guide_is_not_probed():
+    # |noise| is not a bijection: mirroring cannot apply, so neither can the probe (it
+    # once reported such a site as exactly stationary, g = 0 +- 0).
+    scale = torch.tensor(0.8, requires_grad=True)
+    grads, _ = probed_gradient(
+        lambda: pyro.sample("theta", dist.HalfNormal(scale)), dist.HalfNormal(1.0).log_prob
+    )
+    assert grads == {}
+
+
 def test_sites_in_the_data_plate_are_mirrored_but_not_scaled():
     def guide():
         with pyro.plate("data", 3, dim=-2):
