@@ -40,6 +40,7 @@ References
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -87,7 +88,9 @@ def normal_noise(
 
 
 def mirrored_rsample(
-    fn: Distribution, position: int, noise_scale: torch.Tensor | None = None
+    fn: Distribution,
+    position: int,
+    noise_map: Callable[[torch.Tensor, Distribution], torch.Tensor] | None = None,
 ) -> torch.Tensor | None:
     """
     One reparameterised draw of ``fn`` whose standard Normal base noise is
@@ -98,10 +101,12 @@ def mirrored_rsample(
     :param fn: the distribution of a guide site, expanded over the particles.
     :type fn: torch.distributions.Distribution
     :param int position: the particle dim, from the left of ``fn.batch_shape``.
-    :param torch.Tensor noise_scale: multiplies the mirrored base noise
-        (broadcast from the right; default none). With a ``noise_scale`` that
-        requires grad, the draw's derivative in it at one is how the draw moves
-        when the guide's scales grow (:mod:`pyro_lfvi.stationarity`).
+    :param callable noise_map: ``noise_map(noise, base)`` replaces the
+        mirrored standard Normal noise (shaped ``base.batch_shape +
+        base.event_shape``, where ``base`` is the Normal under ``fn``) before it
+        is scaled (default: none). :mod:`pyro_lfvi.stationarity` scales and
+        mixes it with factors that require grad, to measure how the ELBO
+        changes with the guide's scales and correlations.
     :returns: the draw, or None where ``fn`` is not built on Normal noise.
     :rtype: torch.Tensor or None
     """
@@ -114,8 +119,8 @@ def mirrored_rsample(
         ),
         position,
     )
-    if noise_scale is not None:
-        noise = noise * noise_scale
+    if noise_map is not None:
+        noise = noise_map(noise, base)
     if isinstance(base, Normal):
         value = base.loc + base.scale * noise
     else:
@@ -160,11 +165,13 @@ class AntitheticMessenger(Messenger):
         position = len(fn.batch_shape) + self.dim
         if position < 0 or fn.batch_shape[position] != self.size:
             return
-        value = mirrored_rsample(fn, position, self._noise_scale(msg, position))
+        value = mirrored_rsample(fn, position, self._noise_map(msg, position))
         if value is not None:
             msg["value"] = value
 
-    def _noise_scale(self, msg: Any, position: int) -> torch.Tensor | None:
-        """The factor on the site's mirrored base noise (none here; see
-        :class:`~pyro_lfvi.stationarity.ScaleProbe`)."""
+    def _noise_map(
+        self, msg: Any, position: int
+    ) -> Callable[[torch.Tensor, Distribution], torch.Tensor] | None:
+        """What replaces the site's mirrored base noise (nothing here; see
+        :class:`~pyro_lfvi.noise_probe.ScaleProbe`)."""
         return None

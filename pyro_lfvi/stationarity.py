@@ -1,4 +1,5 @@
-r"""An end-of-training check that the guide's scales had stopped moving.
+r"""An end-of-training check that the guide's scales had stopped moving, and
+that its family can represent the posterior's correlations.
 
 A guide can end training too wide (or too narrow) with a ratio estimator that
 is right: the learning rate decayed before the scales reached their optimum.
@@ -33,6 +34,17 @@ warns (:class:`~pyro_lfvi.LFVIWarning`) where that factor leaves 0.8-1.25, the
 sd target of the issue "Posteriors you can trust on real simulators", and
 :math:`g_j` is at least three standard errors from zero.
 
+**The guide's family.** A mean-field guide can sit exactly at its optimum
+(every :math:`g_j = 0`) and still be too narrow, when the posterior correlates
+its coordinates. So the check also mixes the noise across coordinates
+(:mod:`pyro_lfvi.noise_probe`): the ELBO's derivatives in the mixing,
+:math:`g_{jk}`, with the :math:`g_j`, give the curvature :math:`M` of the ELBO
+in the guide's noise, and from it the guide's sd over the posterior's
+*marginal* sd (``marginal_sd_factor``; for a Gaussian posterior, exact), and
+the partial correlations the guide lacks. Where that factor leaves 0.8-1.25 by
+three standard errors of its logarithm while the guide is at its optimum, the
+check warns that the guide's family cannot represent the posterior.
+
 The estimate draws the particles in mirrored pairs (:mod:`pyro_lfvi.antithetic`),
 which cancels the minibatch noise exactly (an odd last particle is drawn as
 usual), and averages ``num_batches`` steps'
@@ -58,16 +70,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.distributions import Distribution, MultivariateNormal, Normal
 
-from .antithetic import AntitheticMessenger, normal_noise
 from .errors import LFVIWarning
+from .noise_probe import ScaleProbe, coordinate_names, curvature_matrix, marginal_sd_factors
 from .validation import check_positive_int
 
 if TYPE_CHECKING:
     from .elbo import LFVI
 
-__all__ = ["SD_RANGE", "SIGNIFICANCE", "ScaleProbe", "Stationarity", "check_stationarity"]
+__all__ = ["SD_RANGE", "SIGNIFICANCE", "Stationarity", "check_stationarity"]
 
 SD_RANGE = (0.8, 1.25)
 """The ``sd_factor`` range inside which the check stays silent."""
@@ -76,65 +87,33 @@ SIGNIFICANCE = 3.0
 """Standard errors by which :math:`g_j` must differ from zero for a warning."""
 
 
-def _learned_base(fn: Distribution) -> Normal | MultivariateNormal | None:
-    """The Normal noise under ``fn`` (see :func:`~pyro_lfvi.antithetic.normal_noise`)
-    when its scale is learned (requires grad), else None."""
-    base, _ = normal_noise(fn)
-    if isinstance(base, Normal) and base.scale.requires_grad:
-        return base
-    if isinstance(base, MultivariateNormal) and base.scale_tril.requires_grad:
-        return base
-    return None
-
-
-class ScaleProbe(AntitheticMessenger):
-    """
-    An :class:`~pyro_lfvi.antithetic.AntitheticMessenger` that also multiplies
-    the base noise of each site outside ``data_plate`` whose base Normal has a
-    learned scale by a tensor of ones that requires grad, kept in
-    ``scales`` by site name (one entry per coordinate right of the
-    particle dim). The gradient of the ELBO in those tensors is
-    :math:`g` of :mod:`pyro_lfvi.stationarity`.
-
-    :param int dim: the particle plate's dim (negative).
-    :param int size: the number of particles.
-    :param str data_plate: the data plate's name (None: no data plate).
-    """
-
-    def __init__(self, dim: int, size: int, data_plate: str | None) -> None:
-        super().__init__(dim, size)
-        self.data_plate = data_plate
-        self.scales: dict[str, torch.Tensor] = {}
-
-    def _noise_scale(self, msg: Any, position: int) -> torch.Tensor | None:
-        if any(frame.name == self.data_plate for frame in msg["cond_indep_stack"]):
-            return None
-        base = _learned_base(msg["fn"])
-        if base is None:
-            return None
-        shape = (base.batch_shape + base.event_shape)[position + 1 :]
-        if msg["name"] not in self.scales:
-            self.scales[msg["name"]] = torch.ones(
-                shape, dtype=base.loc.dtype, device=base.loc.device, requires_grad=True
-            )
-        return self.scales[msg["name"]]
-
-
 @dataclass
 class Stationarity:
-    """The ELBO's derivative in the guide's noise scale for one coordinate.
+    """The ELBO's derivative in the guide's noise scale for one coordinate,
+    and the guide's sd against the posterior's marginal sd.
 
     :param float gradient: :math:`g_j`, averaged over the check's batches.
     :param float stderr: its standard error over the batches.
+    :param float marginal_sd_factor: the guide's sd over the posterior's
+        marginal sd, from the scales and correlations together (NaN where
+        :math:`M` is not positive definite or correlations were not measured).
+    :param float marginal_stderr: its standard error (jackknife over the batches).
+    :param str correlated_with: the coordinate with the largest partial
+        correlation with this one (None for a single coordinate).
+    :param float partial_correlation: that partial correlation.
     """
 
     gradient: float
     stderr: float
+    marginal_sd_factor: float = math.nan
+    marginal_stderr: float = math.nan
+    correlated_with: str | None = None
+    partial_correlation: float = 0.0
 
     @property
     def sd_factor(self) -> float:
-        """:math:`\\sqrt{1 - g_j}`: the guide's sd over the sd at which the ELBO
-        stops improving (Gaussian approximation); 0 for :math:`g_j \\geq 1`."""
+        r""":math:`\sqrt{1 - g_j}`: the guide's sd over the sd at which the ELBO
+        stops improving (Gaussian approximation); 0 for :math:`g_j \geq 1`."""
         return math.sqrt(max(1.0 - self.gradient, 0.0))
 
     @property
@@ -144,12 +123,15 @@ class Stationarity:
         outside = not lo <= self.sd_factor <= hi
         return outside and abs(self.gradient) > SIGNIFICANCE * self.stderr
 
-
-def _names(scales: dict[str, torch.Tensor]) -> list[str]:
-    names = []
-    for name, s in scales.items():
-        names += [name] if s.numel() == 1 else [f"{name}[{i}]" for i in range(s.numel())]
-    return names
+    @property
+    def marginal_failed(self) -> bool:
+        """Whether ``marginal_sd_factor`` is outside 0.8-1.25, by more than
+        three standard errors of its logarithm."""
+        f, se = self.marginal_sd_factor, self.marginal_stderr
+        if not (math.isfinite(f) and math.isfinite(se)) or f <= 0:
+            return False
+        lo, hi = SD_RANGE
+        return not lo <= f <= hi and abs(math.log(f)) > SIGNIFICANCE * se / f
 
 
 def check_stationarity(
@@ -163,8 +145,10 @@ def check_stationarity(
 ) -> dict[str, Stationarity]:
     """
     Check, after training, that the guide's scales had reached a stationary
-    point of the ELBO (see :mod:`pyro_lfvi.stationarity`); warn
-    (:class:`~pyro_lfvi.LFVIWarning`) where they had not.
+    point of the ELBO, and that the guide is not too narrow or wide against
+    the posterior's marginals for lack of correlations (see
+    :mod:`pyro_lfvi.stationarity`); warn (:class:`~pyro_lfvi.LFVIWarning`)
+    where either fails.
     :func:`~pyro_lfvi.fit` calls it at the end of training (unless
     ``check=False``). Neither the param store, the optimiser, the ratio
     estimator nor the random stream after the call are changed.
@@ -212,7 +196,7 @@ def check_stationarity(
     size = elbo.num_particles
     if not elbo.vectorize_particles or size < 4:
         return {}
-    grads: list[torch.Tensor] = []
+    curvatures: list[torch.Tensor] = []
     with torch.random.fork_rng():
         roles = elbo._pair(model, guide, args, kwargs)[0].roles
         probe = ScaleProbe(-int(elbo.max_plate_nesting), size, roles.data_plate)
@@ -220,25 +204,43 @@ def check_stationarity(
             out = elbo._objectives(model, guide, args, kwargs, update=False, mirror=probe)
             if not probe.scales:
                 return {}
-            leaves = list(probe.scales.values())
-            found = torch.autograd.grad(out.elbo, leaves, allow_unused=True)
-            grads.append(
-                torch.cat(
-                    [
-                        (torch.zeros_like(s) if g is None else g).detach().flatten()
-                        for s, g in zip(leaves, found, strict=True)
-                    ]
-                )
-            )
-    stacked = torch.stack(grads).double()
-    mean, stderr = stacked.mean(0), stacked.std(0) / math.sqrt(len(grads))
-    result = {
-        name: Stationarity(float(mean[j]), float(stderr[j]))
-        for j, name in enumerate(_names(probe.scales))
-    }
+            leaves = dict(probe.scales)
+            leaves.update({"mixing:" + name: mix for name, mix in probe.mixing.items()})
+            found = torch.autograd.grad(out.elbo, list(leaves.values()), allow_unused=True)
+            grads = {
+                name: (torch.zeros_like(leaf) if g is None else g).detach().double()
+                for (name, leaf), g in zip(leaves.items(), found, strict=True)
+            }
+            curvatures.append(curvature_matrix(grads, probe))
+    batches = torch.stack(curvatures)
+    diag = 1 - torch.diagonal(batches, dim1=-2, dim2=-1)
+    mean, stderr = diag.mean(0), diag.std(0) / math.sqrt(len(batches))
+    names = coordinate_names(probe.scales)
+    factor = stderr_f = torch.full_like(mean, math.nan)
+    partial = torch.zeros(len(names), len(names), dtype=mean.dtype)
+    if probe.mixed and set(probe.mixing) == set(probe.scales):
+        t = torch.block_diag(*[probe.blocks[name] for name in probe.scales]).double()
+        factor, stderr_f = marginal_sd_factors(batches, t)
+        m = batches.mean(0)
+        partial = -m / torch.outer(m.diagonal(), m.diagonal()).abs().sqrt()
+        partial.fill_diagonal_(0.0)
+    result = {}
+    for j, name in enumerate(names):
+        k = int(partial[j].abs().argmax()) if len(names) > 1 else j
+        result[name] = Stationarity(
+            float(mean[j]),
+            float(stderr[j]),
+            float(factor[j]),
+            float(stderr_f[j]),
+            names[k] if k != j else None,
+            float(partial[j, k]),
+        )
     failed = [name for name, s in result.items() if s.failed]
     if warn and failed:
-        warnings.warn(_message(result, failed, len(grads) * size), LFVIWarning, stacklevel=2)
+        warnings.warn(_message(result, failed, len(batches) * size), LFVIWarning, stacklevel=2)
+    family = [name for name, s in result.items() if s.marginal_failed and not s.failed]
+    if warn and family:
+        warnings.warn(_family_message(result, family), LFVIWarning, stacklevel=2)
     return result
 
 
@@ -259,4 +261,26 @@ def _message(result: dict[str, Stationarity], failed: list[str], draws: int) -> 
         "scales settled: train longer or let the learning rate decay more slowly. With "
         "minibatches of many data points, LFVI(antithetic=True) cancels the minibatch noise "
         "that slows the scales. Then check again (pyro_lfvi.check_stationarity)."
+    )
+
+
+def _family_message(result: dict[str, Stationarity], failed: list[str]) -> str:
+    parts = []
+    for name in failed:
+        s = result[name]
+        parts.append(
+            f"'{name}': the guide's sd is about {s.marginal_sd_factor:.2f}x the posterior's "
+            f"marginal sd (partial correlation {s.partial_correlation:+.2f} with "
+            f"'{s.correlated_with}')"
+        )
+    return (
+        "the guide's family cannot represent this posterior: its scales are at the ELBO's "
+        "optimum, but the ELBO's curvature in the guide's noise shows correlations between "
+        "the latents that the guide lacks: "
+        + "; ".join(parts)
+        + ". Do not trust these posterior sds (a mean-field guide comes out too narrow on "
+        "correlated latents). Use a guide with correlations, such as "
+        "pyro.infer.autoguide.AutoMultivariateNormal or a flow, or reparameterise the "
+        "model so that the latents are closer to independent. Then check again "
+        "(pyro_lfvi.check_stationarity)."
     )

@@ -49,8 +49,10 @@ def fit(
     lagged behind the guide (:func:`~pyro_lfvi.check_ratio_estimator`, which
     costs 64 steps' worth of simulations and seconds to a minute of training
     of a copy of the estimator). Then warn if the guide's scales had not
-    reached a stationary point of the ELBO (:func:`~pyro_lfvi.check_stationarity`,
-    64 steps' worth of particles without training).
+    reached a stationary point of the ELBO, or if the guide's family lacks
+    correlations that leave its marginals too narrow or wide
+    (:func:`~pyro_lfvi.check_stationarity`, 64 steps' worth of particles
+    without training).
 
     Example::
 

@@ -1,0 +1,226 @@
+r"""The probe behind :func:`~pyro_lfvi.check_stationarity`: the guide's base
+noise, scaled and mixed by factors that require grad.
+
+A guide site built on Normal noise draws :math:`\theta = \mu + T \epsilon`.
+:class:`ScaleProbe` draws instead :math:`\theta = \mu + T (s \odot \epsilon +
+C \epsilon)`, with :math:`s = 1` and a strictly lower triangular :math:`C = 0`
+across all probed coordinates, so the draw is unchanged but the ELBO's
+gradient in :math:`s` and :math:`C` can be taken. For a Gaussian posterior with
+precision :math:`\Lambda` (on the probed coordinates, in the guide's base
+space) those gradients are :math:`g_j = 1 - (T^\top \Lambda T)_{jj}` and
+:math:`g_{jk} = -(T^\top \Lambda T)_{jk}`: they measure
+
+.. math::
+
+    M = T^\top \Lambda T, \qquad M_{jj} = 1 - g_j, \quad M_{jk} = -g_{jk}.
+
+The posterior's covariance in the guide's base space is then
+:math:`T M^{-1} T^\top` against the guide's :math:`T T^\top`, which gives the
+guide's sd over the posterior's marginal sd in each coordinate, whether the
+guide is off because it had not converged (:math:`g_j \neq 0`) or because its
+family lacks the posterior's correlations (:math:`g_{jk} \neq 0`; a mean-field
+guide at its optimum has :math:`M_{jj} = 1` and too narrow marginals).
+
+References
+
+[1] `Hierarchical Implicit Models and Likelihood-Free Variational Inference`,
+    Dustin Tran, Rajesh Ranganath, David M. Blei (NIPS 2017)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.distributions import Distribution, MultivariateNormal, Normal
+
+from .antithetic import AntitheticMessenger, normal_noise
+
+__all__ = [
+    "MAX_MIXED",
+    "ScaleProbe",
+    "coordinate_names",
+    "curvature_matrix",
+    "marginal_factor",
+    "marginal_sd_factors",
+]
+
+
+def _learned_base(fn: Distribution) -> Normal | MultivariateNormal | None:
+    """The Normal noise under ``fn`` (see :func:`~pyro_lfvi.antithetic.normal_noise`)
+    when its scale is learned (requires grad), else None."""
+    base, _ = normal_noise(fn)
+    if isinstance(base, Normal) and base.scale.requires_grad:
+        return base
+    if isinstance(base, MultivariateNormal) and base.scale_tril.requires_grad:
+        return base
+    return None
+
+
+MAX_MIXED = 512
+"""Probed coordinates beyond which the check measures the scales only, not the correlations."""
+
+
+def _scale_matrix(base: Normal | MultivariateNormal) -> torch.Tensor:
+    """The matrix that maps one particle's flattened standard Normal noise to
+    its deviation from the mean (block diagonal: ``diag(scale)`` or the
+    ``scale_tril`` of each batch entry)."""
+    if isinstance(base, Normal):
+        return torch.diag(base.scale.expand(base.batch_shape)[0].flatten())
+    d = base.event_shape[0]
+    trils = base.scale_tril.expand((*base.batch_shape, d, d))[0].reshape(-1, d, d)
+    return torch.block_diag(*trils.unbind(0))
+
+
+class ScaleProbe(AntitheticMessenger):
+    r"""
+    An :class:`~pyro_lfvi.antithetic.AntitheticMessenger` that also maps the
+    base noise :math:`\epsilon` of each site outside ``data_plate`` whose base
+    Normal has a learned scale to :math:`s \odot \epsilon + C \epsilon_{\le}`:
+    ``scales[name]`` holds :math:`s` (ones, one per coordinate right of the
+    particle dim) and ``mixing[name]`` :math:`C` (zeros, one row per
+    coordinate, one column per coordinate drawn before it in the guide run,
+    its own site's included), both requiring grad. The gradients of the ELBO
+    in them are :math:`g` of :mod:`pyro_lfvi.stationarity`. ``mixed`` turns
+    False (correlations not measured) when a site's particle dim is not its
+    leftmost, the guide's sites change between runs, or there are more than
+    ``MAX_MIXED`` coordinates.
+
+    :param int dim: the particle plate's dim (negative).
+    :param int size: the number of particles.
+    :param str data_plate: the data plate's name (None: no data plate).
+    """
+
+    def __init__(self, dim: int, size: int, data_plate: str | None) -> None:
+        super().__init__(dim, size)
+        self.data_plate = data_plate
+        self.scales: dict[str, torch.Tensor] = {}
+        self.mixing: dict[str, torch.Tensor] = {}
+        self.blocks: dict[str, torch.Tensor] = {}
+        self.mixed = True
+        self._drawn: list[torch.Tensor] = []  # this guide run's flattened noise
+
+    def __enter__(self) -> ScaleProbe:
+        self._drawn = []
+        super().__enter__()
+        return self
+
+    def _noise_map(
+        self, msg: Any, position: int
+    ) -> Callable[[torch.Tensor, Distribution], torch.Tensor] | None:
+        if any(frame.name == self.data_plate for frame in msg["cond_indep_stack"]):
+            return None
+        base = _learned_base(msg["fn"])
+        if base is None:
+            return None
+        name = msg["name"]
+        shape = (base.batch_shape + base.event_shape)[position + 1 :]
+        if name not in self.scales:
+            self.scales[name] = torch.ones(
+                shape, dtype=base.loc.dtype, device=base.loc.device, requires_grad=True
+            )
+        scale = self.scales[name]
+        self.mixed = self.mixed and position == 0
+
+        def noise_map(noise: torch.Tensor, drawn_from: Distribution) -> torch.Tensor:
+            scaled = noise * scale
+            if not self.mixed:
+                return scaled
+            flat = noise.reshape(self.size, -1)
+            before = sum(x.shape[1] for x in self._drawn)
+            mix = self.mixing.get(name)
+            if mix is None and before + flat.shape[1] <= MAX_MIXED:
+                mix = self.mixing[name] = flat.new_zeros(
+                    (flat.shape[1], before + flat.shape[1]), requires_grad=True
+                )
+            if mix is None or mix.shape != (flat.shape[1], before + flat.shape[1]):
+                self.mixed = False
+                return scaled
+            extra = flat @ torch.tril(mix[:, before:], diagonal=-1).T
+            if before:
+                extra = extra + torch.cat(self._drawn, 1) @ mix[:, :before].T
+            self._drawn.append(flat)
+            self.blocks[name] = _scale_matrix(drawn_from).detach()  # type: ignore[arg-type]
+            return scaled + extra.reshape(noise.shape)
+
+        return noise_map
+
+
+def coordinate_names(scales: dict[str, torch.Tensor]) -> list[str]:
+    """The probed coordinates' names, in order: ``"mu"``, or ``"theta[2]"``
+    for a site with more than one coordinate.
+
+    :param dict scales: a :class:`ScaleProbe`'s ``scales``.
+    :rtype: list
+    """
+    names = []
+    for name, s in scales.items():
+        names += [name] if s.numel() == 1 else [f"{name}[{i}]" for i in range(s.numel())]
+    return names
+
+
+def curvature_matrix(grads: dict[str, torch.Tensor], probe: ScaleProbe) -> torch.Tensor:
+    """:math:`M = I - G` of one batch: ``G`` holds :math:`g_j` on its diagonal
+    and the mixing derivatives :math:`g_{jk}` off it (zero where not measured).
+
+    :param dict grads: the ELBO's gradient in each of ``probe.scales`` (by
+        site name) and in each of ``probe.mixing`` (by ``"mixing:"`` and the
+        site name).
+    :param ScaleProbe probe: the probe that drew the batch.
+    :rtype: torch.Tensor
+    """
+    diag = torch.cat([grads[name].flatten() for name in probe.scales])
+    lower = torch.zeros(len(diag), len(diag), dtype=diag.dtype, device=diag.device)
+    if probe.mixed and set(probe.mixing) == set(probe.scales):
+        start = 0
+        for name in probe.scales:
+            mix = grads["mixing:" + name]
+            end = start + mix.shape[0]
+            lower[start:end, :end] = mix
+            start = end
+        lower = torch.tril(lower, diagonal=-1)
+    eye = torch.eye(len(diag), dtype=diag.dtype, device=diag.device)
+    return eye - lower - lower.T - diag.diag()
+
+
+def marginal_factor(m: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The guide's sd over the posterior's marginal sd, per coordinate: the
+    posterior's covariance is :math:`T M^{-1} T^\\top`, the guide's
+    :math:`T T^\\top`.
+
+    :param torch.Tensor m: :math:`M` (NaN returned where it is not positive
+        definite).
+    :param torch.Tensor t: :math:`T`, the guide's scale matrix on its noise.
+    :rtype: torch.Tensor
+    """
+    chol, info = torch.linalg.cholesky_ex(m)
+    if info.item() != 0:
+        return torch.full((len(m),), math.nan, dtype=m.dtype)
+    post = t @ torch.cholesky_inverse(chol) @ t.T
+    return (torch.diagonal(t @ t.T) / torch.diagonal(post)).sqrt()
+
+
+def marginal_sd_factors(
+    batches: torch.Tensor, t: torch.Tensor, groups: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The marginal sd factors (:func:`marginal_factor`) of the batches' mean
+    :math:`M`, with jackknife standard errors over ``groups`` groups of batches.
+
+    :param torch.Tensor batches: :math:`M` of each batch, stacked.
+    :param torch.Tensor t: :math:`T`.
+    :param int groups: jackknife groups (at most the number of batches).
+    :returns: the factors and their standard errors.
+    :rtype: tuple
+    """
+    factor = marginal_factor(batches.mean(0), t)
+    split = torch.tensor_split(batches, groups)
+    parts = torch.stack(
+        [
+            marginal_factor(torch.cat([b for k, b in enumerate(split) if k != g]).mean(0), t)
+            for g in range(groups)
+        ]
+    )
+    stderr = ((groups - 1) / groups * ((parts - parts.mean(0)) ** 2).sum(0)).sqrt()
+    return factor, stderr
