@@ -63,6 +63,10 @@ UNCONVERGED_SDS = 1.0
 """At the end of training, a guide whose globals' mean moved by more than this
 many of their sds over the last window warns that training has not converged."""
 
+POINT_MASS_SD = 1e-6
+"""A global whose guide sd is below this times ``max(1, |mean|)`` is a point mass,
+which the end-of-training convergence check does not judge."""
+
 CHANCE_ACCURACY = 0.6
 """Below this balanced accuracy (0.5 is chance) the contrastive estimator tells
 joint from shuffled simulations no better than chance: only then does a guide
@@ -477,6 +481,9 @@ class TrainingMonitor:
         quarter of the last window of steps. :func:`~pyro_lfvi.fit` and
         :func:`~pyro_lfvi.to_inference_data` call it.
 
+        Point-mass globals (a ``Delta`` guide, as in variational EM) have no sd
+        to measure a move against and are not judged.
+
         :returns: that largest move in sds over the global latents' components,
             or None when there are fewer than 20 steps or no globals to judge.
         """
@@ -485,7 +492,14 @@ class TrainingMonitor:
             return None
         c0, c1, _, _ = _quarter_means(centre, spread)
         sd = _column_means(spread)
-        shift = max(abs(b - a) / max(s, 1e-12) for a, b, s in zip(c0, c1, sd, strict=True))
+        judged = [
+            (a, b, s)
+            for a, b, s in zip(c0, c1, sd, strict=True)
+            if s > POINT_MASS_SD * max(1.0, abs(b))
+        ]
+        if not judged:
+            return None
+        shift = max(abs(b - a) / s for a, b, s in judged)
         if shift > UNCONVERGED_SDS:
             self._warn(
                 "not_converged",

@@ -233,6 +233,25 @@ def test_end_of_training_warns_when_the_globals_still_move(steps, drift, warns):
     assert any("LFVI has not converged" in m for m in messages) is warns, (shift, messages)
 
 
+def test_point_mass_globals_are_not_judged_by_the_convergence_check():
+    # A Delta guide (variational EM) has sd 0: a move of 1e-3 once read as 1e9 sds.
+    monitor = TrainingMonitor(window=200)
+    monitor.joint = False
+    entry = {"elbo": 0.0, "discriminator_loss": 0.6, "discriminator_accuracy": 0.7}
+    for step in range(400):
+        monitor.update(step, entry, [2.0 + 1e-5 * step, 0.01 * step], [0.0, 1.0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LFVIWarning)
+        shift = monitor.check_convergence()
+    assert shift == pytest.approx(1.5)  # the second global alone: 150 steps x 0.01 sds
+    assert any("LFVI has not converged" in str(w.message) for w in caught)
+    monitor = TrainingMonitor(window=200)
+    monitor.joint = False
+    for step in range(400):
+        monitor.update(step, entry, [2.0 + 1e-5 * step], [0.0])
+    assert monitor.check_convergence() is None
+
+
 def test_fit_ends_with_the_convergence_check():
     problem = ConjugateNormal()
     elbo = LFVI()
