@@ -43,6 +43,7 @@ __all__ = [
     "ScaleProbe",
     "coordinate_names",
     "curvature_matrix",
+    "local_schur",
     "marginal_factor",
     "marginal_sd_factors",
 ]
@@ -88,6 +89,14 @@ class ScaleProbe(AntitheticMessenger):
     leftmost, the guide's sites change between runs, or there are more than
     ``MAX_MIXED`` coordinates.
 
+    The local sites of a data plate that is drawn whole (not subsampled) get
+    ``local_scales[name]`` (ones, one per coordinate) and
+    ``local_mixing[name]`` (zeros, one row per local coordinate, one column per
+    global coordinate): their noise becomes :math:`s \odot \epsilon + C
+    \epsilon_\beta`. ``locals_mixed`` turns False where that does not apply
+    (a subsampled plate, a global drawn after a local, a site whose ELBO
+    scale is not one number).
+
     :param int dim: the particle plate's dim (negative).
     :param int size: the number of particles.
     :param str data_plate: the data plate's name (None: no data plate).
@@ -100,21 +109,30 @@ class ScaleProbe(AntitheticMessenger):
         self.mixing: dict[str, torch.Tensor] = {}
         self.blocks: dict[str, torch.Tensor] = {}
         self.mixed = True
-        self._drawn: list[torch.Tensor] = []  # this guide run's flattened noise
+        self.local_scales: dict[str, torch.Tensor] = {}
+        self.local_mixing: dict[str, torch.Tensor] = {}
+        self.local_weights: dict[str, float] = {}
+        self.locals_mixed = True
+        self._drawn: list[torch.Tensor] = []  # this guide run's flattened global noise
+        self._local_seen = False
 
     def __enter__(self) -> ScaleProbe:
         self._drawn = []
+        self._local_seen = False
         super().__enter__()
         return self
 
     def _noise_map(
         self, msg: Any, position: int
     ) -> Callable[[torch.Tensor, Distribution], torch.Tensor] | None:
-        if any(frame.name == self.data_plate for frame in msg["cond_indep_stack"]):
-            return None
         base = _learned_base(msg["fn"])
+        frames = [f for f in msg["cond_indep_stack"] if f.name == self.data_plate]
+        if frames:
+            return self._local_map(msg, position, frames[0]) if base is not None else None
         if base is None:
             return None
+        if self._local_seen:
+            self.locals_mixed = False  # a global drawn after a local: its mixing is incomplete
         name = msg["name"]
         shape = (base.batch_shape + base.event_shape)[position + 1 :]
         if name not in self.scales:
@@ -144,6 +162,38 @@ class ScaleProbe(AntitheticMessenger):
             self._drawn.append(flat)
             self.blocks[name] = _scale_matrix(drawn_from).detach()  # type: ignore[arg-type]
             return scaled + extra.reshape(noise.shape)
+
+        return noise_map
+
+    def _local_map(
+        self, msg: Any, position: int, frame: Any
+    ) -> Callable[[torch.Tensor, Distribution], torch.Tensor] | None:
+        """Scale a local site's noise per coordinate and mix the globals' noise
+        into it, where every data point is drawn in every run (no subsampling)."""
+        fn = msg["fn"]
+        scale = msg["scale"]
+        subsampled = fn.batch_shape[frame.dim] != frame.size
+        weight = float(scale) if not torch.is_tensor(scale) or scale.numel() == 1 else None
+        if subsampled or position != 0 or weight is None or not self.mixed:
+            self.locals_mixed = False
+        if not self.locals_mixed:
+            return None
+        self._local_seen = True
+        name = msg["name"]
+
+        def noise_map(noise: torch.Tensor, drawn_from: Distribution) -> torch.Tensor:
+            flat = noise.reshape(self.size, -1)
+            width = sum(x.shape[1] for x in self._drawn)
+            if name not in self.local_scales and width:
+                self.local_scales[name] = flat.new_ones(flat.shape[1], requires_grad=True)
+                self.local_mixing[name] = flat.new_zeros((flat.shape[1], width), requires_grad=True)
+                self.local_weights[name] = weight  # type: ignore[assignment]
+            mix = self.local_mixing.get(name)
+            if mix is None or mix.shape != (flat.shape[1], width):
+                self.locals_mixed = False
+                return noise
+            out = flat * self.local_scales[name] + torch.cat(self._drawn, 1) @ mix.T
+            return out.reshape(noise.shape)
 
         return noise_map
 
@@ -202,23 +252,64 @@ def marginal_factor(m: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return (torch.diagonal(t @ t.T) / torch.diagonal(post)).sqrt()
 
 
+def local_schur(
+    scale_grads: torch.Tensor, mixing_grads: torch.Tensor, weight: float
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The locals' share of :math:`M` on the globals, as a function of the
+    batches to use: :math:`\\sum_k M_{\beta k} M_{k \beta} / M_{kk}` over the
+    local coordinates :math:`k` (Schur's complement; the locals taken as
+    independent given the globals). The two factors come from the even and
+    the odd batches, so their noise does not add up to a bias.
+
+    :param torch.Tensor scale_grads: the ELBO's gradient in a local site's
+        scales, one row per batch.
+    :param torch.Tensor mixing_grads: its gradient in the site's mixing with
+        the globals, ``(batches, local coordinates, global coordinates)``.
+    :param float weight: the site's scale in the ELBO (``poutine.scale``).
+    :rtype: callable
+    """
+
+    def schur(idx: torch.Tensor) -> torch.Tensor:
+        m_kk = 1 - scale_grads[idx].mean(0) / weight
+        left = -mixing_grads[idx[0::2]].mean(0) / weight
+        right = -mixing_grads[idx[1::2]].mean(0) / weight
+        keep = m_kk > 0.1  # a local far too narrow for its posterior: left out
+        product = weight * (left[keep] / m_kk[keep, None]).T @ right[keep]
+        return (product + product.T) / 2
+
+    return schur
+
+
 def marginal_sd_factors(
-    batches: torch.Tensor, t: torch.Tensor, groups: int = 8
+    batches: torch.Tensor,
+    t: torch.Tensor,
+    groups: int = 8,
+    schur: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The marginal sd factors (:func:`marginal_factor`) of the batches' mean
-    :math:`M`, with jackknife standard errors over ``groups`` groups of batches.
+    :math:`M` (less the locals' share, ``schur``), with jackknife standard
+    errors over ``groups`` groups of batches.
 
     :param torch.Tensor batches: :math:`M` of each batch, stacked.
     :param torch.Tensor t: :math:`T`.
     :param int groups: jackknife groups (at most the number of batches).
+    :param callable schur: the locals' share of :math:`M` given the batches to
+        use (:func:`local_schur`), or None.
     :returns: the factors and their standard errors.
     :rtype: tuple
     """
-    factor = marginal_factor(batches.mean(0), t)
-    split = torch.tensor_split(batches, groups)
+
+    def factor_of(idx: torch.Tensor) -> torch.Tensor:
+        m = batches[idx].mean(0)
+        return marginal_factor(m if schur is None else m - schur(idx), t)
+
+    every = torch.arange(len(batches))
+    factor = factor_of(every)
     parts = torch.stack(
         [
-            marginal_factor(torch.cat([b for k, b in enumerate(split) if k != g]).mean(0), t)
+            factor_of(
+                torch.cat([k for j, k in enumerate(torch.tensor_split(every, groups)) if j != g])
+            )
             for g in range(groups)
         ]
     )

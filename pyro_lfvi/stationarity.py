@@ -41,7 +41,12 @@ its coordinates. So the check also mixes the noise across coordinates
 :math:`g_{jk}`, with the :math:`g_j`, give the curvature :math:`M` of the ELBO
 in the guide's noise, and from it the guide's sd over the posterior's
 *marginal* sd (``marginal_sd_factor``; for a Gaussian posterior, exact), and
-the partial correlations the guide lacks. Where that factor leaves 0.8-1.25 by
+the partial correlations the guide lacks. Local sites in a data plate drawn whole
+(no subsampling) count too: their noise is scaled per coordinate and mixed with
+the globals', and their share of :math:`M` (Schur's complement, the locals
+taken as independent given the globals) is taken off, so a mean-field guide
+that misses the correlation of a hierarchical scale with its groups is seen.
+Where that factor leaves 0.8-1.25 by
 three standard errors of its logarithm while the guide is at its optimum, the
 check warns that the guide's family cannot represent the posterior.
 
@@ -72,7 +77,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import LFVIWarning
-from .noise_probe import ScaleProbe, coordinate_names, curvature_matrix, marginal_sd_factors
+from .noise_probe import (
+    ScaleProbe,
+    coordinate_names,
+    curvature_matrix,
+    local_schur,
+    marginal_factor,
+    marginal_sd_factors,
+)
 from .validation import check_positive_int
 
 if TYPE_CHECKING:
@@ -197,6 +209,7 @@ def check_stationarity(
     if not elbo.vectorize_particles or size < 4:
         return {}
     curvatures: list[torch.Tensor] = []
+    local_grads: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     with torch.random.fork_rng():
         roles = elbo._pair(model, guide, args, kwargs)[0].roles
         probe = ScaleProbe(-int(elbo.max_plate_nesting), size, roles.data_plate)
@@ -206,21 +219,33 @@ def check_stationarity(
                 return {}
             leaves = dict(probe.scales)
             leaves.update({"mixing:" + name: mix for name, mix in probe.mixing.items()})
+            for name, local in probe.local_scales.items():
+                leaves["local:" + name] = local
+                leaves["local_mixing:" + name] = probe.local_mixing[name]
             found = torch.autograd.grad(out.elbo, list(leaves.values()), allow_unused=True)
             grads = {
                 name: (torch.zeros_like(leaf) if g is None else g).detach().double()
                 for (name, leaf), g in zip(leaves.items(), found, strict=True)
             }
             curvatures.append(curvature_matrix(grads, probe))
+            for name in probe.local_scales:
+                pair = (grads["local:" + name], grads["local_mixing:" + name])
+                local_grads.setdefault(name, []).append(pair)
     batches = torch.stack(curvatures)
     diag = 1 - torch.diagonal(batches, dim1=-2, dim2=-1)
     mean, stderr = diag.mean(0), diag.std(0) / math.sqrt(len(batches))
     names = coordinate_names(probe.scales)
     factor = stderr_f = torch.full_like(mean, math.nan)
+    through_locals: list[str] = []
     partial = torch.zeros(len(names), len(names), dtype=mean.dtype)
     if probe.mixed and set(probe.mixing) == set(probe.scales):
         t = torch.block_diag(*[probe.blocks[name] for name in probe.scales]).double()
-        factor, stderr_f = marginal_sd_factors(batches, t)
+        schur = _locals(probe, local_grads, len(batches))
+        factor, stderr_f = marginal_sd_factors(batches, t, schur=schur)
+        globals_only = marginal_factor(batches.mean(0), t)
+        through_locals = [
+            names[j] for j in range(len(names)) if abs(math.log(factor[j] / globals_only[j])) > 0.1
+        ]
         m = batches.mean(0)
         partial = -m / torch.outer(m.diagonal(), m.diagonal()).abs().sqrt()
         partial.fill_diagonal_(0.0)
@@ -240,7 +265,8 @@ def check_stationarity(
         warnings.warn(_message(result, failed, len(batches) * size), LFVIWarning, stacklevel=2)
     family = [name for name, s in result.items() if s.marginal_failed and not s.failed]
     if warn and family:
-        warnings.warn(_family_message(result, family), LFVIWarning, stacklevel=2)
+        message = _family_message(result, family, through_locals, list(probe.local_scales))
+        warnings.warn(message, LFVIWarning, stacklevel=2)
     return result
 
 
@@ -264,14 +290,41 @@ def _message(result: dict[str, Stationarity], failed: list[str], draws: int) -> 
     )
 
 
-def _family_message(result: dict[str, Stationarity], failed: list[str]) -> str:
+def _locals(
+    probe: ScaleProbe, grads: dict[str, list[tuple[torch.Tensor, torch.Tensor]]], batches: int
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The local sites' share of :math:`M`, summed over sites, where every batch measured it."""
+    if not probe.locals_mixed or not grads or any(len(g) != batches for g in grads.values()):
+        return None
+    parts = [
+        local_schur(
+            torch.stack([s for s, _ in rows]),
+            torch.stack([m for _, m in rows]),
+            probe.local_weights[name],
+        )
+        for name, rows in grads.items()
+    ]
+    return lambda idx: torch.stack([part(idx) for part in parts]).sum(0)
+
+
+def _family_message(
+    result: dict[str, Stationarity], failed: list[str], through_locals: list[str], local: list[str]
+) -> str:
     parts = []
     for name in failed:
         s = result[name]
+        with_what = []
+        if s.correlated_with is not None and abs(s.partial_correlation) > 0.3:
+            with_what.append(
+                f"partial correlation {s.partial_correlation:+.2f} with '{s.correlated_with}'"
+            )
+        if name in through_locals:
+            with_what.append(
+                "correlations with the local sites " + ", ".join(f"'{n}'" for n in local)
+            )
         parts.append(
             f"'{name}': the guide's sd is about {s.marginal_sd_factor:.2f}x the posterior's "
-            f"marginal sd (partial correlation {s.partial_correlation:+.2f} with "
-            f"'{s.correlated_with}')"
+            f"marginal sd ({'; '.join(with_what) or 'correlations'})"
         )
     return (
         "the guide's family cannot represent this posterior: its scales are at the ELBO's "

@@ -8,7 +8,7 @@ from pyro import poutine
 from pyro.distributions.transforms import AffineTransform
 
 from pyro_lfvi import Stationarity
-from pyro_lfvi.noise_probe import ScaleProbe, curvature_matrix, marginal_factor
+from pyro_lfvi.noise_probe import ScaleProbe, curvature_matrix, local_schur, marginal_factor
 
 P = 40000  # particles: mean(eps^2) over 20000 mirrored pairs has a relative sd of 1%
 
@@ -132,3 +132,37 @@ def test_sites_in_the_data_plate_are_mirrored_but_not_scaled():
         value = poutine.trace(guide).get_trace().nodes["theta"]["value"]
     assert probe.scales == {}
     assert torch.allclose(value[:, :2], -value[:, 2:])
+
+
+def test_the_locals_share_gives_the_global_marginal_of_a_hierarchical_posterior():
+    # mu ~ N(0, 1), z_n ~ N(mu, 1), x_n ~ N(z_n, 1), 5 points; a mean-field guide at its
+    # optimum: mu's sd (1 + n)^-1/2 against the marginal (1 + n/2)^-1/2, z_n's 2^-1/2.
+    n, x = 5, torch.tensor([0.3, -0.2, 1.1, 0.4, 0.9])
+    scale = torch.tensor((1.0 + n) ** -0.5, requires_grad=True)
+    local_scale = torch.full((n,), 0.5**0.5, requires_grad=True)
+
+    def guide():
+        mu = pyro.sample("mu", dist.Normal(0.2, scale))
+        with pyro.plate("data", n, dim=-1):
+            return mu, pyro.sample("z", dist.Normal(torch.zeros(n), local_scale))
+
+    probe = ScaleProbe(-2, P, "data")
+    with probe, pyro.plate("particles", P, dim=-2):
+        trace = poutine.trace(guide).get_trace()
+    mu, z = trace.nodes["mu"]["value"], trace.nodes["z"]["value"]
+    log_p = dist.Normal(0.0, 1.0).log_prob(mu).sum(-1) + (
+        dist.Normal(mu, 1.0).log_prob(z) + dist.Normal(z, 1.0).log_prob(x)
+    ).sum(-1)
+    log_q = trace.nodes["mu"]["fn"].log_prob(mu).sum(-1) + trace.nodes["z"]["fn"].log_prob(z).sum(
+        -1
+    )
+    elbo = (log_p - log_q).mean()
+    leaves = [probe.scales["mu"], probe.local_scales["z"], probe.local_mixing["z"]]
+    g_mu, g_local, g_mix = (g.double() for g in torch.autograd.grad(elbo, leaves))
+    m = torch.eye(1, dtype=torch.float64) - g_mu.reshape(1, 1)
+    # Two batches: the same gradients twice, so the even/odd product is their square.
+    schur = local_schur(torch.stack([g_local] * 2), torch.stack([g_mix] * 2), 1.0)
+    t = probe.blocks["mu"].double()
+    factor = marginal_factor(m - schur(torch.arange(2)), t)
+    expected = ((1.0 + n / 2) / (1.0 + n)) ** 0.5  # 0.76; without the locals' share: 1.0
+    assert float(factor) == pytest.approx(expected, rel=0.1)

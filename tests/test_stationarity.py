@@ -6,6 +6,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro.distributions import constraints
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
 from pyro_lfvi import LFVI, ImplicitSite, LFVIWarning, check_stationarity
@@ -138,3 +139,54 @@ def test_a_full_rank_guide_on_the_same_posterior_passes():
         warnings.simplefilter("error", LFVIWarning)
         result = check_stationarity(elbo, model, guide, data)
     assert all(0.8 < s.marginal_sd_factor < 1.25 for s in result.values())
+
+
+def hierarchical_fit(structured, num_steps):
+    # mu ~ N(0, 1), z_n ~ N(mu, 1), x_n ~ N(z_n, 1), 20 points: mu's posterior sd is
+    # (1 + N/2)^-1/2, a mean-field guide's at its optimum (1 + N)^-1/2, 0.72x it.
+    n = 20
+    data = 0.5 + torch.randn(n) + torch.randn(n)
+
+    def model(data):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", n):
+            z = pyro.sample("z", dist.Normal(mu, 1.0))
+            pyro.sample("x", ImplicitSite(lambda z: z + torch.randn_like(z), z), obs=data)
+
+    def guide(data):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        scale = pyro.param("scale", torch.tensor(0.3), constraint=constraints.positive)
+        local_loc = pyro.param("local_loc", torch.zeros(n))
+        local_scale = pyro.param(
+            "local_scale", torch.full((n,), 0.5), constraint=constraints.positive
+        )
+        slope = pyro.param("slope", torch.tensor(0.0)) if structured else 0.0
+        mu = pyro.sample("mu", dist.Normal(loc, scale))
+        with pyro.plate("data", n):
+            pyro.sample("z", dist.Normal(local_loc + slope * mu, local_scale))
+
+    elbo = LFVI()
+    optim = pyro.optim.ClippedAdam({"lr": 0.02, "lrd": 0.05 ** (1 / num_steps)})
+    svi = pyro.infer.SVI(model, guide, optim, elbo)
+    for _ in range(num_steps):
+        svi.step(data)
+    return model, guide, elbo, data, (1 + n / 2) ** -0.5
+
+
+def test_the_check_sees_a_mean_field_guide_miss_correlations_between_globals_and_locals():
+    model, guide, elbo, data, exact_sd = hierarchical_fit(structured=False, num_steps=800)
+    with pytest.warns(LFVIWarning, match="correlations with the local sites 'z'"):
+        result = check_stationarity(elbo, model, guide, data)
+    assert not result["mu"].failed  # at its optimum: the family, not the convergence
+    actual = pyro.param("scale").item() / exact_sd
+    assert 0.8 < result["mu"].marginal_sd_factor / actual < 1.25
+
+
+@pytest.mark.slow
+def test_a_guide_whose_locals_follow_the_global_passes():
+    model, guide, elbo, data, exact_sd = hierarchical_fit(structured=True, num_steps=1500)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LFVIWarning)
+        result = check_stationarity(elbo, model, guide, data)
+    assert 0.8 < result["mu"].marginal_sd_factor < 1.25
+    assert 0.8 < pyro.param("scale").item() / exact_sd < 1.25
