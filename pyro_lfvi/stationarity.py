@@ -98,6 +98,9 @@ SD_RANGE = (0.8, 1.25)
 SIGNIFICANCE = 3.0
 """Standard errors by which :math:`g_j` must differ from zero for a warning."""
 
+LISTED = 5
+"""Coordinates a warning names, the worst first; the returned dict holds them all."""
+
 
 @dataclass
 class Stationarity:
@@ -270,9 +273,16 @@ def check_stationarity(
     return result
 
 
+def _listing(parts: list[str]) -> str:
+    """The first ``LISTED`` parts of a warning, and how many more there are."""
+    shown = "; ".join(parts[:LISTED])
+    more = len(parts) - LISTED
+    return shown + (f"; and {more} more coordinates (all in the returned dict)" if more > 0 else "")
+
+
 def _message(result: dict[str, Stationarity], failed: list[str], draws: int) -> str:
     parts = []
-    for name in failed:
+    for name in sorted(failed, key=lambda n: -abs(math.log(max(result[n].sd_factor, 1e-9)))):
         s = result[name]
         direction = "wide" if s.gradient < 0 else "narrow"
         parts.append(
@@ -282,7 +292,7 @@ def _message(result: dict[str, Stationarity], failed: list[str], draws: int) -> 
     return (
         f"the guide had not converged: on {draws} mirrored guide draws at the end of "
         "training, the ELBO still changes with the guide's scales: "
-        + "; ".join(parts)
+        + _listing(parts)
         + ". Do not trust these posterior sds. The learning rate likely decayed before the "
         "scales settled: train longer or let the learning rate decay more slowly. With "
         "minibatches of many data points, LFVI(antithetic=True) cancels the minibatch noise "
@@ -311,7 +321,7 @@ def _family_message(
     result: dict[str, Stationarity], failed: list[str], through_locals: list[str], local: list[str]
 ) -> str:
     parts = []
-    for name in failed:
+    for name in sorted(failed, key=lambda n: -abs(math.log(result[n].marginal_sd_factor))):
         s = result[name]
         with_what = []
         if s.correlated_with is not None and abs(s.partial_correlation) > 0.3:
@@ -330,7 +340,7 @@ def _family_message(
         "the guide's family cannot represent this posterior: its scales are at the ELBO's "
         "optimum, but the ELBO's curvature in the guide's noise shows correlations between "
         "the latents that the guide lacks: "
-        + "; ".join(parts)
+        + _listing(parts)
         + ". Do not trust these posterior sds (a mean-field guide comes out too narrow on "
         "correlated latents). Use a guide with correlations, such as "
         "pyro.infer.autoguide.AutoMultivariateNormal or a flow, or reparameterise the "

@@ -9,7 +9,7 @@ import torch
 from pyro.distributions import constraints
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
-from pyro_lfvi import LFVI, ImplicitSite, LFVIWarning, check_stationarity
+from pyro_lfvi import LFVI, ImplicitSite, LFVIWarning, Stationarity, check_stationarity
 from pyro_lfvi.examples import ConjugateNormal
 
 
@@ -190,3 +190,13 @@ def test_a_guide_whose_locals_follow_the_global_passes():
         result = check_stationarity(elbo, model, guide, data)
     assert 0.8 < result["mu"].marginal_sd_factor < 1.25
     assert 0.8 < pyro.param("scale").item() / exact_sd < 1.25
+
+
+def test_a_warning_names_the_worst_coordinates_first_and_counts_the_rest():
+    from pyro_lfvi.stationarity import LISTED, _message
+
+    result = {f"theta[{j}]": Stationarity(-float(j), 0.1) for j in range(1, LISTED + 3)}
+    message = _message(result, list(result), draws=512)
+    assert message.index(f"'theta[{LISTED + 2}]'") < message.index(f"'theta[{LISTED + 1}]'")
+    assert "'theta[1]'" not in message and "'theta[2]'" not in message
+    assert "and 2 more coordinates (all in the returned dict)" in message
