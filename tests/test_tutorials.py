@@ -13,6 +13,7 @@ from nbclient import NotebookClient
 
 TUTORIALS_DIR = Path(__file__).resolve().parent.parent / "tutorials"
 NOTEBOOKS = [
+    "bayesian_gan.ipynb",
     "implicit_guides.ipynb",
     "introduction.ipynb",
     "lotka_volterra.ipynb",
