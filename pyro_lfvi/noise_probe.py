@@ -116,6 +116,17 @@ class ScaleProbe(AntitheticMessenger):
         self._drawn: list[torch.Tensor] = []  # this guide run's flattened global noise
         self._local_seen = False
 
+    def leaves(self) -> dict[str, torch.Tensor]:
+        """Every factor to take the ELBO's gradient in, by key: the site name
+        (``scales``), ``"mixing:"``, ``"local:"`` and ``"local_mixing:"`` and
+        the site name (the keys :func:`curvature_matrix` reads)."""
+        out = dict(self.scales)
+        out.update({"mixing:" + name: mix for name, mix in self.mixing.items()})
+        for name, local in self.local_scales.items():
+            out["local:" + name] = local
+            out["local_mixing:" + name] = self.local_mixing[name]
+        return out
+
     def __enter__(self) -> ScaleProbe:
         self._drawn = []
         self._local_seen = False
@@ -256,7 +267,7 @@ def local_schur(
     scale_grads: torch.Tensor, mixing_grads: torch.Tensor, weight: float
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The locals' share of :math:`M` on the globals, as a function of the
-    batches to use: :math:`\\sum_k M_{\beta k} M_{k \beta} / M_{kk}` over the
+    batches to use: :math:`\\sum_k M_{\\beta k} M_{k \\beta} / M_{kk}` over the
     local coordinates :math:`k` (Schur's complement; the locals taken as
     independent given the globals). The two factors come from the even and
     the odd batches, so their noise does not add up to a bias.

@@ -220,11 +220,7 @@ def check_stationarity(
             out = elbo._objectives(model, guide, args, kwargs, update=False, mirror=probe)
             if not probe.scales:
                 return {}
-            leaves = dict(probe.scales)
-            leaves.update({"mixing:" + name: mix for name, mix in probe.mixing.items()})
-            for name, local in probe.local_scales.items():
-                leaves["local:" + name] = local
-                leaves["local_mixing:" + name] = probe.local_mixing[name]
+            leaves = probe.leaves()
             found = torch.autograd.grad(out.elbo, list(leaves.values()), allow_unused=True)
             grads = {
                 name: (torch.zeros_like(leaf) if g is None else g).detach().double()
@@ -245,11 +241,11 @@ def check_stationarity(
         t = torch.block_diag(*[probe.blocks[name] for name in probe.scales]).double()
         schur = _locals(probe, local_grads, len(batches))
         factor, stderr_f = marginal_sd_factors(batches, t, schur=schur)
-        globals_only = marginal_factor(batches.mean(0), t)
+        m = batches.mean(0)
+        globals_only = marginal_factor(m, t)
         through_locals = [
             names[j] for j in range(len(names)) if abs(math.log(factor[j] / globals_only[j])) > 0.1
         ]
-        m = batches.mean(0)
         partial = -m / torch.outer(m.diagonal(), m.diagonal()).abs().sqrt()
         partial.fill_diagonal_(0.0)
     result = {}
