@@ -173,6 +173,7 @@ def hierarchical_fit(structured, num_steps):
     return model, guide, elbo, data, (1 + n / 2) ** -0.5
 
 
+@pytest.mark.slow  # an 800-step fit; tests/test_noise_probe.py covers the locals' arithmetic
 def test_the_check_sees_a_mean_field_guide_miss_correlations_between_globals_and_locals():
     model, guide, elbo, data, exact_sd = hierarchical_fit(structured=False, num_steps=800)
     with pytest.warns(LFVIWarning, match="correlations with the local sites 'z'"):
