@@ -17,6 +17,7 @@ NOTEBOOKS = [
     "implicit_guides.ipynb",
     "introduction.ipynb",
     "lotka_volterra.ipynb",
+    "lotka_volterra_large.ipynb",
     "simulator_likelihood.ipynb",
 ]
 CELL_TIMEOUT = 120  # seconds per cell; a whole smoke run takes well under a minute
