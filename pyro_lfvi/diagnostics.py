@@ -65,7 +65,7 @@ many of their sds over the last window warns that training has not converged."""
 
 POINT_MASS_SD = 1e-6
 """A global whose guide sd is below this times ``max(1, |mean|)`` is a point mass,
-which the end-of-training convergence check does not judge."""
+which the convergence checks (end of training, and "at chance while moving") do not judge."""
 
 CHANCE_ACCURACY = 0.6
 """Below this balanced accuracy (0.5 is chance) the contrastive estimator tells
@@ -240,6 +240,21 @@ _PAIR_RULES: list[tuple[str, float, int, str, Callable[[float, int, int], str]]]
 
 def _column_means(rows: Sequence[Sequence[float]]) -> list[float]:
     return [statistics.mean(col) for col in zip(*rows, strict=False)]
+
+
+def _largest_move(
+    before: Sequence[float], after: Sequence[float], sd: Sequence[float]
+) -> float | None:
+    """The largest move from ``before`` to ``after`` in units of ``sd``, over the
+    components that are not point masses (``sd`` at most ``POINT_MASS_SD`` times
+    the value: a ``Delta`` guide has no sd to measure a move against); None
+    when every component is one."""
+    moves = [
+        abs(b - a) / s
+        for a, b, s in zip(before, after, sd, strict=True)
+        if s > POINT_MASS_SD * max(1.0, abs(b))
+    ]
+    return max(moves) if moves else None
 
 
 def _quarter_means(
@@ -491,15 +506,9 @@ class TrainingMonitor:
         if len(centre) < 20 or not centre[-1] or not spread[-1]:
             return None
         c0, c1, _, _ = _quarter_means(centre, spread)
-        sd = _column_means(spread)
-        judged = [
-            (a, b, s)
-            for a, b, s in zip(c0, c1, sd, strict=True)
-            if s > POINT_MASS_SD * max(1.0, abs(b))
-        ]
-        if not judged:
+        shift = _largest_move(c0, c1, _column_means(spread))
+        if shift is None:
             return None
-        shift = max(abs(b - a) / s for a, b, s in judged)
         if shift > UNCONVERGED_SDS:
             self._warn(
                 "not_converged",
@@ -546,7 +555,7 @@ class TrainingMonitor:
         centre, spread = self._centre[-w:], self._spread[-w:]
         if centre[0] and spread[0] and abs(statistics.mean(acc) - 0.5) < self.chance_band:
             c0, c1, s0, s1 = _quarter_means(centre, spread)
-            shift = max(abs(b - a) / max(sa, 1e-12) for a, b, sa in zip(c0, c1, s0, strict=False))
+            shift = _largest_move(c0, c1, s0) or 0.0
             growth = max(
                 abs(math.log(max(sb, 1e-12) / max(sa, 1e-12)))
                 for sa, sb in zip(s0, s1, strict=False)

@@ -252,6 +252,26 @@ def test_point_mass_globals_are_not_judged_by_the_convergence_check():
     assert monitor.check_convergence() is None
 
 
+def test_point_mass_globals_are_not_judged_by_the_at_chance_check():
+    # Variational EM's point estimate moving while the joint classifier is at chance
+    # once read as "centre by 83467652797.7 sds" (grammar notebook's helper report).
+    entry = {"elbo": 0.0, "discriminator_loss": 0.69, "discriminator_accuracy": 0.5}
+
+    def useless_warnings(spread):
+        monitor = TrainingMonitor(window=200)
+        monitor.joint = True
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", LFVIWarning)
+            for step in range(200):
+                monitor.update(step, entry, [2.0 + 1e-3 * step, 0.0], spread)
+        return [str(w.message) for w in caught if "at chance" in str(w.message)]
+
+    assert useless_warnings([0.0, 0.0]) == []
+    # a real sd is still judged: 150 steps x 1e-3 = 0.15 = 3.75 sds of 0.04
+    (message,) = useless_warnings([0.04, 1.0])
+    assert "centre by 3.8 sds" in message
+
+
 def test_fit_ends_with_the_convergence_check():
     problem = ConjugateNormal()
     elbo = LFVI()
