@@ -303,7 +303,8 @@ class TrainingMonitor:
 
     :param int window: steps per diagnostic window (default 200).
     :param float saturation: accuracy above which a step counts as saturated
-        (default 0.99); a window with 95% such steps warns.
+        (default 0.99); a window with 95% such steps, or whose mean accuracy
+        exceeds it, warns.
     :param float chance_band: a window whose mean accuracy lies within this of
         0.5 counts as chance (default 0.01). Near the optimum the discriminator
         *should* be near chance; only chance together with a guide that keeps
@@ -541,7 +542,8 @@ class TrainingMonitor:
         self._check_pairs(step)
         if not self.joint:
             return
-        if sum(a > self.saturation for a in acc) >= 0.95 * w:
+        saturated_steps = sum(a > self.saturation for a in acc)
+        if saturated_steps >= 0.95 * w or statistics.mean(acc) > self.saturation:
             self._warn(
                 "saturated",
                 f"LFVI step {step}: the discriminator is saturated: it told simulations "

@@ -252,6 +252,20 @@ def test_point_mass_globals_are_not_judged_by_the_convergence_check():
     assert monitor.check_convergence() is None
 
 
+def test_a_window_whose_mean_accuracy_is_saturated_warns():
+    # The grammar RNN's default fit: accuracy 0.993 on average over its last window,
+    # learned nothing, and stayed silent (fewer than 95% of its steps above 0.99).
+    monitor = TrainingMonitor(window=200)
+    monitor.joint = True
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LFVIWarning)
+        for step in range(200):
+            accuracy = 1.0 if step % 10 else 0.93  # 90% of steps at 1.0, mean 0.993
+            entry = {"elbo": 0.0, "discriminator_loss": 0.05, "discriminator_accuracy": accuracy}
+            monitor.update(step, entry, [0.0], [1.0])
+    assert any("discriminator is saturated" in str(w.message) for w in caught)
+
+
 def test_point_mass_globals_are_not_judged_by_the_at_chance_check():
     # Variational EM's point estimate moving while the joint classifier is at chance
     # once read as "centre by 83467652797.7 sds" (grammar notebook's helper report).
