@@ -14,6 +14,7 @@ from nbclient import NotebookClient
 TUTORIALS_DIR = Path(__file__).resolve().parent.parent / "tutorials"
 NOTEBOOKS = [
     "bayesian_gan.ipynb",
+    "grammar_rnn.ipynb",
     "implicit_guides.ipynb",
     "introduction.ipynb",
     "lotka_volterra.ipynb",
