@@ -45,7 +45,10 @@ def fit_silently(problem, **kwargs):
     return standardized_errors(problem.fitted(), problem.exact())
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+# Slow for every seed (the default suite had reached 10 minutes): the default run keeps the
+# conjugate model's accuracy through tests/test_inference_data.py's ArviZ summary test.
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_conjugate_normal_matches_exact_posterior(seed):
     # N = 1000 observations through a simulator, minibatches of 100.
     pyro.set_rng_seed(seed)
