@@ -292,6 +292,5 @@ def _curvature_message(result: EstimatorCheck, sims: int) -> str:
         "scale, so do not trust their posterior sds. With many data points (the "
         "minibatched regime) spread its training globals further, LFVI(widen=...) "
         "(default 2; try 2 * sqrt(N / 1000) for N data points), and train again with more "
-        "steps (a wider spread slows the guide: on 100,000 series, 4,000 steps were too few); "
-        "then check again."
+        "steps (a wider spread slows the guide); then check again."
     )
