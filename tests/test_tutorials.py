@@ -19,6 +19,7 @@ NOTEBOOKS = [
     "introduction.ipynb",
     "lotka_volterra.ipynb",
     "lotka_volterra_large.ipynb",
+    "lotka_volterra_mjp.ipynb",
     "simulator_likelihood.ipynb",
 ]
 CELL_TIMEOUT = 120  # seconds per cell; a whole smoke run takes well under a minute
