@@ -46,6 +46,7 @@ __all__ = [
     "local_schur",
     "marginal_factor",
     "marginal_sd_factors",
+    "pairwise_variance_bound",
 ]
 
 
@@ -251,16 +252,47 @@ def marginal_factor(m: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     posterior's covariance is :math:`T M^{-1} T^\\top`, the guide's
     :math:`T T^\\top`.
 
-    :param torch.Tensor m: :math:`M` (NaN returned where it is not positive
-        definite).
+    The squared factor is computed as :math:`(T T^\\top)_{jj} / (T M^{-1}
+    T^\\top)_{jj}`, which passes smoothly through zero where a noisy :math:`M`
+    stops being positive definite (a posterior correlation near :math:`\\pm 1`:
+    the posterior's marginal is far wider than the guide); the factor is 0
+    where that square is not positive, so that such a guide reads as far too
+    narrow rather than as unmeasured.
+
+    :param torch.Tensor m: :math:`M` (NaN returned where it is singular).
     :param torch.Tensor t: :math:`T`, the guide's scale matrix on its noise.
     :rtype: torch.Tensor
     """
-    chol, info = torch.linalg.cholesky_ex(m)
+    inverse, info = torch.linalg.inv_ex(m)
     if info.item() != 0:
         return torch.full((len(m),), math.nan, dtype=m.dtype)
-    post = t @ torch.cholesky_inverse(chol) @ t.T
-    return (torch.diagonal(t @ t.T) / torch.diagonal(post)).sqrt()
+    square = torch.diagonal(t @ t.T) / torch.diagonal(t @ inverse @ t.T)
+    return square.clamp_min(0.0).sqrt()
+
+
+def pairwise_variance_bound(m: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """An upper bound on the square of :func:`marginal_factor` (the guide's
+    variance over the posterior's marginal variance) for a guide without
+    correlations (diagonal :math:`T`), from the coordinate's most correlated
+    pair alone: :math:`\\min_k (M_{jj} - M_{jk}^2 / M_{kk})` (a Gaussian's
+    conditional variance given one coordinate is at least that given all).
+
+    It is nearly linear in :math:`M` and needs no inverse of it, so it stays
+    stable where several partial correlations near :math:`\\pm 1` make the
+    full factor swing between batches; negative where a pair's estimate is
+    not positive definite.
+
+    :param torch.Tensor m: :math:`M`.
+    :param torch.Tensor t: :math:`T`; NaN returned unless it is diagonal.
+    :rtype: torch.Tensor
+    """
+    d = len(m)
+    if d < 2 or bool((t - torch.diag(torch.diagonal(t))).any()):
+        return torch.full((d,), math.nan, dtype=m.dtype)
+    diag = torch.diagonal(m)
+    conditional = diag[:, None] - m**2 / diag[None, :].clamp_min(1e-12)
+    conditional.fill_diagonal_(math.inf)
+    return conditional.min(1).values
 
 
 def local_schur(
@@ -296,23 +328,27 @@ def marginal_sd_factors(
     t: torch.Tensor,
     groups: int = 8,
     schur: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    statistic: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = marginal_factor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The marginal sd factors (:func:`marginal_factor`) of the batches' mean
-    :math:`M` (less the locals' share, ``schur``), with jackknife standard
-    errors over ``groups`` groups of batches.
+    """The marginal sd factors (:func:`marginal_factor`, or ``statistic``,
+    such as :func:`pairwise_variance_bound`) of the batches' mean :math:`M` (less the
+    locals' share, ``schur``), with jackknife standard errors over ``groups``
+    groups of batches.
 
     :param torch.Tensor batches: :math:`M` of each batch, stacked.
     :param torch.Tensor t: :math:`T`.
     :param int groups: jackknife groups (at most the number of batches).
     :param callable schur: the locals' share of :math:`M` given the batches to
         use (:func:`local_schur`), or None.
+    :param callable statistic: the function of :math:`M` and :math:`T` to
+        estimate (default :func:`marginal_factor`).
     :returns: the factors and their standard errors.
     :rtype: tuple
     """
 
     def factor_of(idx: torch.Tensor) -> torch.Tensor:
         m = batches[idx].mean(0)
-        return marginal_factor(m if schur is None else m - schur(idx), t)
+        return statistic(m if schur is None else m - schur(idx), t)
 
     every = torch.arange(len(batches))
     factor = factor_of(every)

@@ -8,7 +8,13 @@ from pyro import poutine
 from pyro.distributions.transforms import AffineTransform
 
 from pyro_lfvi import Stationarity
-from pyro_lfvi.noise_probe import ScaleProbe, curvature_matrix, local_schur, marginal_factor
+from pyro_lfvi.noise_probe import (
+    ScaleProbe,
+    curvature_matrix,
+    local_schur,
+    marginal_factor,
+    pairwise_variance_bound,
+)
 
 P = 40000  # particles: mean(eps^2) over 20000 mirrored pairs has a relative sd of 1%
 
@@ -166,3 +172,31 @@ def test_the_locals_share_gives_the_global_marginal_of_a_hierarchical_posterior(
     factor = marginal_factor(m - schur(torch.arange(2)), t)
     expected = ((1.0 + n / 2) / (1.0 + n)) ** 0.5  # 0.76; without the locals' share: 1.0
     assert float(factor) == pytest.approx(expected, rel=0.1)
+
+
+def test_the_pairwise_bound_caps_the_mean_field_marginal_factor():
+    # M = T' Lambda T of a mean-field guide on a random posterior: the guide's variance over
+    # the marginal variance, 1 / (M^-1)_jj, is at most min_k M_jj - M_jk^2 / M_kk.
+    torch.manual_seed(0)
+    for _ in range(20):
+        a = torch.randn(5, 5, dtype=torch.float64)
+        precision = a @ a.T + 0.1 * torch.eye(5, dtype=torch.float64)
+        t = torch.diag(precision.diagonal().rsqrt())  # at the mean-field optimum
+        m = t @ precision @ t
+        bound = pairwise_variance_bound(m, t)
+        assert (marginal_factor(m, t) ** 2 <= bound + 1e-12).all()
+    m = torch.tensor([[1.0, -0.9], [-0.9, 1.0]], dtype=torch.float64)
+    eye = torch.eye(2, dtype=torch.float64)
+    assert torch.allclose(pairwise_variance_bound(m, eye), 1 - m[0, 1] ** 2)
+    full_rank = torch.tensor([[1.0, 0.0], [0.5, 1.0]], dtype=torch.float64)
+    assert pairwise_variance_bound(m, full_rank).isnan().all()  # a bound for mean field only
+
+
+def test_a_curvature_not_positive_definite_reads_as_a_guide_far_too_narrow():
+    # Noise takes the estimate of M past a partial correlation of 1 when the posterior's is
+    # near it: the factor is 0 (far too narrow), not NaN (unmeasured, hence silent).
+    m = torch.tensor([[1.0, 1.05], [1.05, 1.0]], dtype=torch.float64)
+    t = torch.eye(2, dtype=torch.float64)
+    assert torch.equal(marginal_factor(m, t), torch.zeros(2, dtype=torch.float64))
+    assert (pairwise_variance_bound(m, t) < 0).all()
+    assert torch.isnan(marginal_factor(torch.ones(2, 2, dtype=torch.float64), t)).all()

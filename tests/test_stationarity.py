@@ -95,11 +95,11 @@ def test_an_odd_particle_count_is_probed_with_its_last_particle_unmirrored():
     assert list(result) == ["mu"]
 
 
-def correlated_posterior_test(guide_class, num_steps):
-    # theta ~ N(0, I_2), x_n ~ N(theta_1 + theta_2 / 2, 1), five points: the posterior's
-    # correlation is -0.68; a mean-field guide at its optimum has sds 0.73x the exact ones.
-    w = torch.tensor([1.0, 0.5])
-    data = torch.tensor([0.1, -0.6, 0.4, 0.9, -0.2])
+def correlated_posterior_test(guide_class, num_steps, w=(1.0, 0.5), data=None):
+    # theta ~ N(0, I_2), x_n ~ N(w . theta, 1); by default five points of theta_1 + theta_2 / 2:
+    # correlation -0.68, a mean-field guide at its optimum has sds 0.73x the exact ones.
+    w = torch.tensor(w)
+    data = torch.tensor([0.1, -0.6, 0.4, 0.9, -0.2]) if data is None else data
 
     def model(data):
         theta = pyro.sample("theta", dist.Normal(torch.zeros(2), 1.0).to_event(1))
@@ -201,3 +201,49 @@ def test_a_warning_names_the_worst_coordinates_first_and_counts_the_rest():
     assert message.index(f"'theta[{LISTED + 2}]'") < message.index(f"'theta[{LISTED + 1}]'")
     assert "'theta[1]'" not in message and "'theta[2]'" not in message
     assert "and 2 more coordinates (all in the returned dict)" in message
+
+
+@pytest.mark.parametrize(
+    "factor, stderr, bound, bound_stderr, says",
+    [
+        (0.0, 0.1, -0.05, 0.02, "is far below (correlations too close to +-1 to size it)"),
+        (0.3, 0.5, 0.09, 0.05, "is at most 0.30x"),
+        (float("nan"), float("nan"), 0.25, 0.1, "is at most 0.50x"),
+        (0.5, 0.05, 0.3, 0.1, "is about 0.50x"),
+    ],
+    ids=["not_positive_definite", "full_factor_unstable", "full_factor_unmeasured", "both"],
+)
+def test_the_family_check_warns_when_only_the_pairwise_bound_is_significant(
+    factor, stderr, bound, bound_stderr, says
+):
+    # The jump-process notebook's mean-field fits: with two partial correlations near 1 the
+    # full factor was NaN (seed 0) or swung between jackknife groups (seed 1), and the check
+    # stayed silent on a guide about half as wide as the marginals.
+    from pyro_lfvi.stationarity import _family_message
+
+    s = Stationarity(0.01, 0.02, factor, stderr, "b", 0.97, bound, bound_stderr)
+    assert s.marginal_failed and not s.failed
+    assert says in _family_message({"a": s}, ["a"], [], [])
+
+
+def test_an_insignificant_bound_or_one_inside_the_range_does_not_warn():
+    nan = float("nan")
+    assert not Stationarity(0.0, 0.02, nan, nan, "b", 0.5, 0.75, 0.01).marginal_failed
+    assert not Stationarity(0.0, 0.02, nan, nan, "b", 0.9, 0.3, 0.3).marginal_failed
+    assert not Stationarity(0.0, 0.02, 0.0, 0.4, "b", 1.0, nan, nan).marginal_failed
+
+
+@pytest.mark.parametrize(
+    "seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)]
+)
+def test_a_mean_field_guide_on_a_posterior_correlated_near_one_is_warned(seed):
+    # 20 points of theta_1 + theta_2 plus noise: partial correlation -0.95, a mean-field
+    # guide at its optimum is 0.31x the marginal sds. (Silent before the pairwise bound.)
+    pyro.set_rng_seed(seed)
+    model, guide, elbo, data, _ = correlated_posterior_test(
+        AutoNormal, 1000, w=(1.0, 1.0), data=torch.randn(20) + 0.5
+    )
+    with pytest.warns(LFVIWarning, match="cannot represent this posterior"):
+        result = check_stationarity(elbo, model, guide, data)
+    for s in result.values():
+        assert s.variance_bound < 0.8**2  # exact: 1 - 0.95^2 = 0.09
