@@ -122,8 +122,9 @@ class Stationarity:
     :param float gradient: :math:`g_j`, averaged over the check's batches.
     :param float stderr: its standard error over the batches.
     :param float marginal_sd_factor: the guide's sd over the posterior's
-        marginal sd, from the scales and correlations together (NaN where
-        :math:`M` is not positive definite or correlations were not measured).
+        marginal sd, from the scales and correlations together (0 where the
+        estimate of :math:`M` is not positive definite, NaN where it is
+        singular or correlations were not measured).
     :param float marginal_stderr: its standard error (jackknife over the batches).
     :param float variance_bound: an upper bound on the square of
         ``marginal_sd_factor`` from the coordinate's pairs alone, for a guide
@@ -376,8 +377,9 @@ def _sized(s: Stationarity) -> tuple[float, str]:
 def _family_message(
     result: dict[str, Stationarity], failed: list[str], through_locals: list[str], local: list[str]
 ) -> str:
+    sizes = {name: _sized(result[name]) for name in failed}
     parts = []
-    for name in sorted(failed, key=lambda n: -abs(math.log(max(_sized(result[n])[0], 1e-9)))):
+    for name in sorted(failed, key=lambda n: -abs(math.log(max(sizes[n][0], 1e-9)))):
         s = result[name]
         with_what = []
         if s.correlated_with is not None and abs(s.partial_correlation) > 0.3:
@@ -388,9 +390,8 @@ def _family_message(
             with_what.append(
                 "correlations with the local sites " + ", ".join(f"'{n}'" for n in local)
             )
-        size = _sized(s)[1]
         parts.append(
-            f"'{name}': the guide's sd {size} the posterior's marginal sd "
+            f"'{name}': the guide's sd {sizes[name][1]} the posterior's marginal sd "
             f"({'; '.join(with_what) or 'correlations'})"
         )
     return (
