@@ -1,4 +1,4 @@
-r"""An end-of-training check that the contrastive ratio estimator kept up with the guide.
+r"""An end-of-training check that the ratio estimator kept up with the guide.
 
 LFVI trains its ratio estimator online, a few simulations per step, while the
 guide moves. If the estimator lags (too few updates, a learning rate that has
@@ -7,8 +7,8 @@ wrong with every per-step figure looking healthy. :func:`check_ratio_estimator`
 measures that lag directly. At the final guide it draws a fixed bank of
 simulations, exactly as a training step would, and continues training a
 *copy* of the estimator's network on part of them (the param store and the
-optimiser are not touched). It then compares the contrastive loss of the
-copy and of the online network on held-out simulations:
+optimiser are not touched). It then compares the estimator's own training
+loss of the copy and of the online network on held-out simulations:
 
 .. math::
 
@@ -16,9 +16,12 @@ copy and of the online network on held-out simulations:
     \qquad \mathcal{L} = \mathbb{E}\big[\log(1 + e^{-s(x, z, \beta)})\big]
     + \mathbb{E}\big[\log(1 + e^{s(x', z, \beta)})\big],
 
-with :math:`(x, z, \beta)` a joint draw and :math:`x'` from another draw. An
-estimator that had kept up gains nothing (early stopping keeps the copy at
-the online network when further training does not help). A gain above
+for the contrastive estimator, with :math:`(x, z, \beta)` a joint draw and
+:math:`x'` from another draw. For the paper's joint classifier
+:math:`\mathcal{L}` is its scoring rule (Eq. 5 of [1] with the default log
+loss) on the model's simulations against the data with the guide's draws.
+An estimator that had kept up gains nothing (early stopping keeps the copy
+at the online network when further training does not help). A gain above
 ``threshold`` warns (:class:`~pyro_lfvi.LFVIWarning`): the estimator was
 still far from what the same network learns from simulations at this guide.
 
@@ -30,10 +33,12 @@ above that noise; README ("Diagnostics") gives the gains measured on fits
 that met their accuracy targets and on fits that missed them.
 
 On the same simulations the check also tests Bartlett's information identity
-on the online network, coordinate by coordinate (:mod:`pyro_lfvi.curvature`),
-and warns when the sd error it predicts (``sd_factor``: a curvature that is
-not the score's variance) leaves the accuracy target of the issue
-"Posteriors you can trust on real simulators", sds within 0.8-1.25x.
+on the contrastive estimator's network, coordinate by coordinate
+(:mod:`pyro_lfvi.curvature`), and warns when the sd error it predicts
+(``sd_factor``: a curvature that is not the score's variance) leaves the
+accuracy target of the issue "Posteriors you can trust on real simulators",
+sds within 0.8-1.25x. The joint classifier's logit is not a log likelihood
+in the latents alone, so it gets the lag test only.
 
 References
 
@@ -51,10 +56,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from .contrastive import ContrastiveNetwork, ContrastiveRatioEstimator, finite_simulations
 from .curvature import Curvature, curvature
 from .errors import LFVIWarning
+from .joint import JointRatioEstimator
 from .validation import check_positive_int, check_positive_number
 
 if TYPE_CHECKING:
@@ -85,8 +92,9 @@ improvement."""
 class EstimatorCheck:
     """What :func:`check_ratio_estimator` measured.
 
-    :param float online_loss: the online network's contrastive loss on the
-        held-out simulations (``log 4`` is chance).
+    :param float online_loss: the online network's training loss (contrastive,
+        or the joint classifier's scoring rule) on the held-out simulations
+        (``log 4`` is chance for both with the log loss).
     :param float refined_loss: that of the copy trained further on the bank
         (training stops early once the copy is clearly ahead, so the gain of
         a flagged estimator is a lower bound).
@@ -95,7 +103,8 @@ class EstimatorCheck:
     :param bool warned: whether the check warned (gain above the threshold, or
         a coordinate in ``failed``).
     :param dict curvature: Bartlett's identity by latent coordinate
-        (:class:`~pyro_lfvi.curvature.Curvature`; empty when not measured).
+        (:class:`~pyro_lfvi.curvature.Curvature`; empty when not measured, as
+        for the joint classifier).
     """
 
     online_loss: float
@@ -118,17 +127,58 @@ class EstimatorCheck:
         return self.online_loss - self.refined_loss
 
 
-def _loss(
-    estimator: ContrastiveRatioEstimator, net: ContrastiveNetwork, pair: PairedJoints
-) -> torch.Tensor:
-    """The estimator's own contrastive training loss of ``net`` on one pairing."""
+Checked = ContrastiveRatioEstimator | JointRatioEstimator
+
+
+def _loss(estimator: Checked, net: nn.Module, pair: PairedJoints) -> torch.Tensor:
+    """The estimator's own training loss of ``net`` on one pairing."""
+    if isinstance(estimator, JointRatioEstimator):
+        return estimator.ratio_loss(*estimator.training_logits(net, pair))
+    assert isinstance(net, ContrastiveNetwork)
     return estimator._training(net, pair, finite_simulations(pair), update=False)[0]
 
 
-def _mean_loss(
-    estimator: ContrastiveRatioEstimator, net: ContrastiveNetwork, pairs: list[PairedJoints]
-) -> float:
-    """Mean contrastive loss over ``pairs``, with the same contrasts for any network."""
+def _online(elbo: LFVI) -> tuple[Checked, nn.Module]:
+    """The trained estimator and its online network, or a ``ValueError``."""
+    estimator = elbo.estimator
+    if estimator is not None and not isinstance(estimator, Checked):
+        raise ValueError(
+            "Expected LFVI with the contrastive ratio estimator or the joint classifier, "
+            f"actual estimator {type(estimator).__name__}: the check does not know its "
+            "training loss"
+        )
+    net: nn.Module | None = None
+    if isinstance(estimator, ContrastiveRatioEstimator):
+        net = estimator.network
+    elif isinstance(estimator, JointRatioEstimator):
+        net = estimator.discriminator
+    if estimator is None or net is None:
+        raise ValueError(
+            "Expected a trained LFVI instance, actual one whose ratio estimator has not been "
+            "trained yet; train first (svi.step or pyro_lfvi.fit), then check"
+        )
+    return estimator, net
+
+
+def _bank(
+    elbo: LFVI,
+    model: Callable[..., object],
+    guide: Callable[..., object],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    num_batches: int,
+) -> list[PairedJoints]:
+    """``num_batches`` pairings drawn as training steps would draw them (one
+    per step when particles are vectorised, else one per particle)."""
+    pairs: list[PairedJoints] = []
+    with torch.no_grad(), torch.random.fork_rng():
+        while len(pairs) < num_batches:
+            pairs.extend(elbo._pair(model, guide, args, kwargs))
+    return pairs[:num_batches]
+
+
+def _mean_loss(estimator: Checked, net: nn.Module, pairs: list[PairedJoints]) -> float:
+    """Mean training loss over ``pairs``, with the same contrasts for any network."""
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(0)
         total = sum(float(_loss(estimator, net, p)) for p in pairs)
@@ -148,11 +198,12 @@ def check_ratio_estimator(
     **kwargs: Any,
 ) -> EstimatorCheck:
     """
-    Check, after training, that LFVI's contrastive ratio estimator kept up
-    with the guide (see :mod:`pyro_lfvi.estimator_check`); warn
-    (:class:`~pyro_lfvi.LFVIWarning`) if it did not. :func:`~pyro_lfvi.fit`
-    calls it at the end of training (unless ``check=False``). Neither the param
-    store, the optimiser nor the random stream after the call are changed.
+    Check, after training, that LFVI's ratio estimator (the contrastive
+    default or the paper's joint classifier) kept up with the guide (see
+    :mod:`pyro_lfvi.estimator_check`); warn (:class:`~pyro_lfvi.LFVIWarning`)
+    if it did not. :func:`~pyro_lfvi.fit` calls it at the end of training
+    (unless ``check=False``). Neither the param store, the optimiser nor the
+    random stream after the call are changed.
 
     Example::
 
@@ -173,7 +224,7 @@ def check_ratio_estimator(
         >>> result.simulations
         512
 
-    :param LFVI elbo: the trained LFVI instance (contrastive estimator).
+    :param LFVI elbo: the trained LFVI instance.
     :param callable model: the model, as given to SVI.
     :param callable guide: the guide, as given to SVI.
     :param args: arguments of model and guide.
@@ -194,21 +245,11 @@ def check_ratio_estimator(
     max_updates = check_positive_int("max_updates", max_updates)
     lr = check_positive_number("lr", lr)
     threshold = check_positive_number("threshold", threshold)
-    estimator = elbo.estimator
-    if estimator is not None and not isinstance(estimator, ContrastiveRatioEstimator):
-        raise ValueError(
-            "Expected LFVI with the contrastive ratio estimator, actual estimator "
-            f"{type(estimator).__name__}: the check does not apply to the joint classifier"
-        )
-    if estimator is None or estimator.network is None:
-        raise ValueError(
-            "Expected a trained LFVI instance, actual one whose ratio estimator has not been "
-            "trained yet; train first (svi.step or pyro_lfvi.fit), then check"
-        )
-    online = estimator.network
-    with torch.no_grad(), torch.random.fork_rng():
-        pairs = [elbo._pair(model, guide, args, kwargs)[0] for _ in range(num_batches)]
-    coordinates = curvature(online, pairs)
+    estimator, online = _online(elbo)
+    pairs = _bank(elbo, model, guide, args, kwargs, num_batches)
+    coordinates: dict[str, Curvature] = {}
+    if isinstance(online, ContrastiveNetwork):
+        coordinates = curvature(online, pairs)
     held = max(2, num_batches // 8)
     train, val, test = pairs[: -2 * held], pairs[-2 * held : -held], pairs[-held:]
 
@@ -249,24 +290,40 @@ def check_ratio_estimator(
     gain = online_loss - refined_loss
     warned = bool(warn and gain > threshold)
     if warned:
-        warnings.warn(
-            f"the ratio estimator lagged behind the guide: trained further on {sims} fresh "
-            f"simulations at the final guide, a copy of it reaches a contrastive loss of "
-            f"{refined_loss:.3f} against its {online_loss:.3f} (log 4 = {math.log(4):.3f} is "
-            f"chance), so the guide followed a blurred likelihood. Do not trust the "
-            f"posterior's shape: it is likely too wide or missing structure (modes, "
-            f"correlations). Give the ratio estimator faster updates than the guide, e.g. a "
-            f"per-parameter learning rate, pyro.optim.ClippedAdam(lambda name: {{'lr': 0.03 "
-            f"if name.startswith('lfvi_ratio') else 0.01, 'lrd': ...}}), or more steps, and "
-            f"train again; then check again.",
-            LFVIWarning,
-            stacklevel=2,
-        )
+        message = _lag_message(estimator, sims, online_loss, refined_loss)
+        warnings.warn(message, LFVIWarning, stacklevel=2)
     result = EstimatorCheck(online_loss, refined_loss, updates, sims, warned, coordinates)
     if warn and result.failed:
         result.warned = True
         warnings.warn(_curvature_message(result, sims), LFVIWarning, stacklevel=2)
     return result
+
+
+def _lag_message(estimator: Checked, sims: int, online: float, refined: float) -> str:
+    """The warning for an estimator whose copy gained more than the threshold."""
+    if isinstance(estimator, JointRatioEstimator):
+        return (
+            f"the joint classifier lagged behind the guide: trained further on {sims} fresh "
+            f"simulations at the final guide, a copy of it reaches a loss of {refined:.3f} "
+            f"against its {online:.3f} (log 4 = {math.log(4):.3f} is chance with the log "
+            f"loss), so the guide followed a log ratio still far from the classifier's "
+            f"optimum. Do not trust the posterior: its globals' means and sds can both be off. "
+            f"Try more classifier updates than guide updates, LFVI(discriminator_steps=3, "
+            f"discriminator_optim=pyro.optim.Adam({{'lr': 1e-3}})), and train again. If it "
+            f"still warns and LFVI chose the joint classifier because a local guide is "
+            f"implicit, a local guide with a density (e.g. a Normal) lets LFVI use the "
+            f"contrastive estimator, whose end-of-training checks go further. Then check again."
+        )
+    return (
+        f"the ratio estimator lagged behind the guide: trained further on {sims} fresh "
+        f"simulations at the final guide, a copy of it reaches a contrastive loss of "
+        f"{refined:.3f} against its {online:.3f} (log 4 = {math.log(4):.3f} is chance), so "
+        f"the guide followed a blurred likelihood. Do not trust the posterior's shape: it is "
+        f"likely too wide or missing structure (modes, correlations). Give the ratio "
+        f"estimator faster updates than the guide, e.g. a per-parameter learning rate, "
+        f"pyro.optim.ClippedAdam(lambda name: {{'lr': 0.03 if name.startswith('lfvi_ratio') "
+        f"else 0.01, 'lrd': ...}}), or more steps, and train again; then check again."
+    )
 
 
 def _curvature_message(result: EstimatorCheck, sims: int) -> str:

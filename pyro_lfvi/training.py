@@ -16,6 +16,7 @@ from .compat import elbo_of
 from .contrastive import ContrastiveRatioEstimator
 from .estimator_check import check_ratio_estimator
 from .history import History
+from .joint import JointRatioEstimator
 from .stationarity import check_stationarity
 from .validation import check_positive_int
 
@@ -44,8 +45,8 @@ def fit(
     """
     Run ``svi.step(*args, **kwargs)`` ``num_steps`` times. At the end, warn
     (:class:`~pyro_lfvi.LFVIWarning`) if the guide's globals were still moving
-    (:meth:`~pyro_lfvi.TrainingMonitor.check_convergence`). With the
-    contrastive ratio estimator (the default), also warn if the estimator
+    (:meth:`~pyro_lfvi.TrainingMonitor.check_convergence`). Also warn if the
+    ratio estimator (the contrastive default or the paper's joint classifier)
     lagged behind the guide (:func:`~pyro_lfvi.check_ratio_estimator`, which
     costs 64 steps' worth of simulations and seconds to a minute of training
     of a copy of the estimator). Then warn if the guide's scales had not
@@ -106,7 +107,12 @@ def fit(
     estimator = getattr(elbo, "estimator", None)
     if not check or model is None or guide is None or estimator is None:
         return losses
-    if isinstance(estimator, ContrastiveRatioEstimator) and estimator.network is not None:
+    trained = (
+        estimator.network
+        if isinstance(estimator, ContrastiveRatioEstimator)
+        else getattr(estimator, "discriminator", None)
+    )
+    if isinstance(estimator, ContrastiveRatioEstimator | JointRatioEstimator) and trained:
         check_ratio_estimator(elbo, model, guide, *args, **kwargs)  # type: ignore[arg-type]
     check_stationarity(elbo, model, guide, *args, **kwargs)  # type: ignore[arg-type]
     return losses

@@ -4,8 +4,18 @@ import pyro
 import pytest
 import torch
 
-from pyro_lfvi import LFVI, EstimatorCheck, LFVIWarning, check_ratio_estimator, fit
+from pyro_lfvi import (
+    LFVI,
+    EstimatorCheck,
+    LFVIWarning,
+    RatioEstimator,
+    check_ratio_estimator,
+    fit,
+)
 from pyro_lfvi.examples import GaussianLinear
+
+# The contrastive default and the paper's joint classifier.
+ESTIMATORS = [None, "joint"]
 
 
 def trained(num_steps, estimator=None, **lfvi):
@@ -18,23 +28,32 @@ def trained(num_steps, estimator=None, **lfvi):
     return problem, elbo
 
 
-def test_an_estimator_that_has_not_learned_is_flagged():
+def online_network(elbo):
+    return elbo.discriminator if elbo.discriminator is not None else elbo.estimator.network
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_an_estimator_that_has_not_learned_is_flagged(estimator):
     # After two steps the classifier has barely started: a copy trained on
     # simulations at the guide must do much better, and the check must say so.
-    problem, elbo = trained(2)
-    with pytest.warns(LFVIWarning, match="ratio estimator lagged behind the guide"):
+    problem, elbo = trained(2, estimator)
+    name = "joint classifier" if estimator == "joint" else "ratio estimator"
+    with pytest.warns(LFVIWarning, match=f"{name} lagged behind the guide"):
         result = check_ratio_estimator(elbo, problem.model, problem.guide, problem.data)
     assert isinstance(result, EstimatorCheck)
     assert result.warned and result.gain > 0.05
     assert result.simulations == 64 * elbo.num_particles
+    # Bartlett's identity is tested on the contrastive estimator's likelihood only.
+    assert bool(result.curvature) == (estimator is None)
 
 
-def test_an_estimator_that_kept_up_is_not_flagged():
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_an_estimator_that_kept_up_is_not_flagged(estimator):
     # A converged copy installed as the online network leaves nothing to gain.
-    problem, elbo = trained(2)
+    problem, elbo = trained(2, estimator)
     first = check_ratio_estimator(elbo, problem.model, problem.guide, problem.data, warn=False)
     assert first.gain > 0.05
-    net = elbo.estimator.network
+    net = online_network(elbo)
     params = [p for n, p in net.named_parameters() if not n.endswith("standardization")]
     optim = torch.optim.Adam(params, lr=1e-3)
     for _ in range(1500):
@@ -62,10 +81,12 @@ def test_check_leaves_params_and_random_stream_alone():
     assert torch.equal(state, torch.get_rng_state())
 
 
-def test_fit_runs_the_check_unless_told_not_to():
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_fit_runs_the_check_unless_told_not_to(estimator):
     # Two steps leave the estimator far behind: fit's default check must say so.
     problem = GaussianLinear(dim=2, data=torch.tensor([0.3, -0.2]))
-    svi = pyro.infer.SVI(problem.model, problem.guide, pyro.optim.Adam({"lr": 0.01}), LFVI())
+    elbo = LFVI(estimator=estimator)
+    svi = pyro.infer.SVI(problem.model, problem.guide, pyro.optim.Adam({"lr": 0.01}), elbo)
     with pytest.warns(LFVIWarning, match="lagged behind the guide"):
         fit(svi, problem.data, num_steps=2, progress=False)
     with warnings.catch_warnings():
@@ -85,6 +106,11 @@ def test_bad_arguments():
     untrained = LFVI()
     with pytest.raises(ValueError, match="has not been trained yet; train first"):
         check_ratio_estimator(untrained, problem.model, problem.guide, problem.data)
-    _, joint = trained(1, estimator="joint", num_particles=8)
-    with pytest.raises(ValueError, match="JointRatioEstimator: the check does not apply"):
-        check_ratio_estimator(joint, problem.model, problem.guide, problem.data)
+
+    class OwnEstimator(RatioEstimator):
+        def objectives(self, pair, update=True):
+            raise NotImplementedError
+
+    own = LFVI(estimator=OwnEstimator())
+    with pytest.raises(ValueError, match="actual estimator OwnEstimator: the check does not know"):
+        check_ratio_estimator(own, problem.model, problem.guide, problem.data)
