@@ -138,6 +138,17 @@ def _loss(estimator: Checked, net: nn.Module, pair: PairedJoints) -> torch.Tenso
     return estimator._training(net, pair, finite_simulations(pair), update=False)[0]
 
 
+def online_network(estimator: object) -> nn.Module | None:
+    """The network :func:`check_ratio_estimator` checks: the contrastive
+    estimator's or the joint classifier's, once built; None for an estimator
+    not yet trained or of another kind."""
+    if isinstance(estimator, ContrastiveRatioEstimator):
+        return estimator.network
+    if isinstance(estimator, JointRatioEstimator):
+        return estimator.discriminator
+    return None
+
+
 def _online(elbo: LFVI) -> tuple[Checked, nn.Module]:
     """The trained estimator and its online network, or a ``ValueError``."""
     estimator = elbo.estimator
@@ -147,11 +158,7 @@ def _online(elbo: LFVI) -> tuple[Checked, nn.Module]:
             f"actual estimator {type(estimator).__name__}: the check does not know its "
             "training loss"
         )
-    net: nn.Module | None = None
-    if isinstance(estimator, ContrastiveRatioEstimator):
-        net = estimator.network
-    elif isinstance(estimator, JointRatioEstimator):
-        net = estimator.discriminator
+    net = online_network(estimator)
     if estimator is None or net is None:
         raise ValueError(
             "Expected a trained LFVI instance, actual one whose ratio estimator has not been "

@@ -13,10 +13,8 @@ from typing import TYPE_CHECKING, Any, Protocol, SupportsFloat, cast
 from tqdm.auto import tqdm
 
 from .compat import elbo_of
-from .contrastive import ContrastiveRatioEstimator
-from .estimator_check import check_ratio_estimator
+from .estimator_check import check_ratio_estimator, online_network
 from .history import History
-from .joint import JointRatioEstimator
 from .stationarity import check_stationarity
 from .validation import check_positive_int
 
@@ -107,12 +105,7 @@ def fit(
     estimator = getattr(elbo, "estimator", None)
     if not check or model is None or guide is None or estimator is None:
         return losses
-    trained = (
-        estimator.network
-        if isinstance(estimator, ContrastiveRatioEstimator)
-        else getattr(estimator, "discriminator", None)
-    )
-    if isinstance(estimator, ContrastiveRatioEstimator | JointRatioEstimator) and trained:
+    if online_network(estimator) is not None:
         check_ratio_estimator(elbo, model, guide, *args, **kwargs)  # type: ignore[arg-type]
     check_stationarity(elbo, model, guide, *args, **kwargs)  # type: ignore[arg-type]
     return losses

@@ -12,6 +12,7 @@ from pyro_lfvi import (
     check_ratio_estimator,
     fit,
 )
+from pyro_lfvi.estimator_check import online_network
 from pyro_lfvi.examples import GaussianLinear
 
 # The contrastive default and the paper's joint classifier.
@@ -26,10 +27,6 @@ def trained(num_steps, estimator=None, **lfvi):
         warnings.simplefilter("ignore", LFVIWarning)
         fit(svi, problem.data, num_steps=num_steps, progress=False, check=False)
     return problem, elbo
-
-
-def online_network(elbo):
-    return elbo.discriminator if elbo.discriminator is not None else elbo.estimator.network
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
@@ -53,7 +50,7 @@ def test_an_estimator_that_kept_up_is_not_flagged(estimator):
     problem, elbo = trained(2, estimator)
     first = check_ratio_estimator(elbo, problem.model, problem.guide, problem.data, warn=False)
     assert first.gain > 0.05
-    net = online_network(elbo)
+    net = online_network(elbo.estimator)
     params = [p for n, p in net.named_parameters() if not n.endswith("standardization")]
     optim = torch.optim.Adam(params, lr=1e-3)
     for _ in range(1500):
