@@ -5,7 +5,8 @@ budgets and prints, per site, the error of the posterior mean in exact
 posterior sds (RMSE over components and groups for vectors), the ratio of
 posterior sds, whether it meets the targets of the issue "Posteriors you can
 trust" (means within 0.5 sd, sds within 0.8-1.25x), the LFVI warnings the run
-raised, and its wall time.
+raised, its wall time, and the jitter of the guide's globals over the last
+200-400 steps (``TrainingMonitor.final_jitter``, in sds).
 
     python benchmarks/accuracy.py --seeds 0 1 2
     python benchmarks/accuracy.py --models hierarchical --estimator joint
@@ -47,7 +48,9 @@ MODELS = {
 }
 
 
-def run(name: str, seed: int, estimator: str | None, summary: bool) -> tuple[dict, float, list]:
+def run(
+    name: str, seed: int, estimator: str | None, summary: bool
+) -> tuple[dict, float, list, float | None]:
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     cls, steps, lr, final_lr = MODELS[name]
@@ -62,14 +65,15 @@ def run(name: str, seed: int, estimator: str | None, summary: bool) -> tuple[dic
     fitting = SimpleNamespace(model=problem.model, guide=guide, data=problem.data)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LFVIWarning)
-        train(fitting, num_steps=steps, lr=lr, final_lr=final_lr, elbo=LFVI(**kwargs))
+        elbo = train(fitting, steps, lr=lr, final_lr=final_lr, elbo=LFVI(**kwargs))
     raised = [str(w.message)[:60] for w in caught if issubclass(w.category, LFVIWarning)]
     if not hasattr(problem, "structured_guide"):  # (bound methods are new objects: no `is`)
         fitted = problem.fitted()
     else:
         fitted = problem.guide_moments(guide)
     errors = standardized_errors(fitted, problem.exact())
-    return errors, time.perf_counter() - start, raised
+    jitter = elbo.monitor.final_jitter if elbo.monitor is not None else None
+    return errors, time.perf_counter() - start, raised, jitter
 
 
 def main() -> None:
@@ -86,16 +90,18 @@ def main() -> None:
     torch.set_num_threads(1)
     print(
         f"{'model':<16}{'seed':>5}  {'site':<10}{'mean err (sd)':>14}{'sd ratio':>10}"
-        f"{'target':>8}{'time':>8}  warnings"
+        f"{'target':>8}{'time':>8}{'jitter':>8}  warnings"
     )
     for name in args.models:
         for seed in args.seeds:
-            errors, seconds, raised = run(name, seed, args.estimator, args.summary)
+            errors, seconds, raised, jitter = run(name, seed, args.estimator, args.summary)
+            jittered = "-" if jitter is None else f"{jitter:.2f}"
             for site, e in errors.items():
                 ok = abs(e["mean_error_sd"]) < 0.5 and 0.8 < e["sd_ratio"] < 1.25
                 print(
                     f"{name:<16}{seed:>5}  {site:<10}{e['mean_error_sd']:>14.3f}"
-                    f"{e['sd_ratio']:>10.3f}{'met' if ok else 'MISSED':>8}{seconds:>7.0f}s  "
+                    f"{e['sd_ratio']:>10.3f}{'met' if ok else 'MISSED':>8}{seconds:>7.0f}s"
+                    f"{jittered:>8}  "
                     f"{raised or 'none'}",
                     flush=True,
                 )

@@ -33,6 +33,14 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from .convergence import (
+    JITTER_SDS,
+    UNCONVERGED_SDS,
+    column_means,
+    jitter,
+    largest_move,
+    quarter_means,
+)
 from .errors import LFVIWarning
 from .validation import check_positive_int, check_positive_number
 
@@ -58,14 +66,6 @@ CHECK_DRAWS = 8
 
 WIDE_GLOBALS = 1.5
 """A global's guide this many times as wide as its prior (unconstrained) warns."""
-
-UNCONVERGED_SDS = 1.0
-"""At the end of training, a guide whose globals' mean moved by more than this
-many of their sds over the last window warns that training has not converged."""
-
-POINT_MASS_SD = 1e-6
-"""A global whose guide sd is below this times ``max(1, |mean|)`` is a point mass,
-which the convergence checks (end of training, and "at chance while moving") do not judge."""
 
 CHANCE_ACCURACY = 0.6
 """Below this balanced accuracy (0.5 is chance) the contrastive estimator tells
@@ -238,40 +238,6 @@ _PAIR_RULES: list[tuple[str, float, int, str, Callable[[float, int, int], str]]]
 """(history key, threshold, windows before it applies, warning kind, advice)."""
 
 
-def _column_means(rows: Sequence[Sequence[float]]) -> list[float]:
-    return [statistics.mean(col) for col in zip(*rows, strict=False)]
-
-
-def _largest_move(
-    before: Sequence[float], after: Sequence[float], sd: Sequence[float]
-) -> float | None:
-    """The largest move from ``before`` to ``after`` in units of ``sd``, over the
-    components that are not point masses (``sd`` at most ``POINT_MASS_SD`` times
-    the value: a ``Delta`` guide has no sd to measure a move against); None
-    when every component is one."""
-    moves = [
-        abs(b - a) / s
-        for a, b, s in zip(before, after, sd, strict=True)
-        if s > POINT_MASS_SD * max(1.0, abs(b))
-    ]
-    return max(moves) if moves else None
-
-
-def _quarter_means(
-    centre: Sequence[Sequence[float]], spread: Sequence[Sequence[float]]
-) -> tuple[list[float], list[float], list[float], list[float]]:
-    """Per component, the means of the guide's globals' centre over the first and
-    the last quarter of the given steps, then those of their spread: single
-    steps' particle means are noisy."""
-    q = max(1, len(centre) // 4)
-    return (
-        _column_means(centre[:q]),
-        _column_means(centre[-q:]),
-        _column_means(spread[:q]),
-        _column_means(spread[-q:]),
-    )
-
-
 def _median_mad(values: Sequence[float]) -> tuple[float, float]:
     med = statistics.median(values)
     return med, statistics.median(abs(v - med) for v in values)
@@ -343,6 +309,8 @@ class TrainingMonitor:
         self._best_median: float | None = None
         self._best_mad = 0.0
         self.joint = True
+        self.final_jitter: float | None = None
+        """The largest jitter that :meth:`check_convergence` measured, in sds."""
         self._checks: dict[str, list[float]] = {}
         # Steps recorded; the lists above keep only the last one or two windows.
         self._count = 0
@@ -500,14 +468,20 @@ class TrainingMonitor:
         Point-mass globals (a ``Delta`` guide, as in variational EM) have no sd
         to measure a move against and are not judged.
 
+        Also warn if their mean jittered by more than ``JITTER_SDS`` of their
+        sds over the steps the monitor keeps, one to two windows
+        (:func:`~pyro_lfvi.convergence.jitter`): the final parameters are then
+        one draw of that jitter. The largest jitter is
+        kept in ``final_jitter`` (None when not measured).
+
         :returns: that largest move in sds over the global latents' components,
             or None when there are fewer than 20 steps or no globals to judge.
         """
         centre, spread = self._centre[-self.window :], self._spread[-self.window :]
         if len(centre) < 20 or not centre[-1] or not spread[-1]:
             return None
-        c0, c1, _, _ = _quarter_means(centre, spread)
-        shift = _largest_move(c0, c1, _column_means(spread))
+        c0, c1, _, _ = quarter_means(centre, spread)
+        shift = largest_move(c0, c1, column_means(spread))
         if shift is None:
             return None
         if shift > UNCONVERGED_SDS:
@@ -518,6 +492,21 @@ class TrainingMonitor:
                 f"steps, and the posterior is still on its way. Train longer (ideally with a "
                 f"learning rate that decays, e.g. pyro.optim.ClippedAdam with lrd < 1), and do "
                 f"not trust the posterior until its globals settle.",
+            )
+        # every step kept (one to two windows)
+        jitters = [j for j in jitter(self._centre, self._spread) if j is not None]
+        self.final_jitter = max(jitters) if jitters else None
+        if self.final_jitter is not None and self.final_jitter > JITTER_SDS:
+            self._warn(
+                "jitter",
+                f"LFVI's guide did not settle after {self._count} steps: over the last "
+                f"{len(self._centre)} steps the mean of one of the guide's global latents "
+                f"jittered by {self.final_jitter:.2f} of its sds around its trend, so the final "
+                f"parameters are one draw of that jitter and the posterior means can be off by "
+                f"twice as much. The learning rate at the end is too large for a posterior this "
+                f"narrow (with minibatches the gradient's noise grows with the number of data "
+                f"points). Let it decay to a tenth of its final value (pyro.optim.ClippedAdam "
+                f"with a smaller lrd) over twice the steps, and check again.",
             )
         return shift
 
@@ -556,8 +545,8 @@ class TrainingMonitor:
             )
         centre, spread = self._centre[-w:], self._spread[-w:]
         if centre[0] and spread[0] and abs(statistics.mean(acc) - 0.5) < self.chance_band:
-            c0, c1, s0, s1 = _quarter_means(centre, spread)
-            shift = _largest_move(c0, c1, s0) or 0.0
+            c0, c1, s0, s1 = quarter_means(centre, spread)
+            shift = largest_move(c0, c1, s0) or 0.0
             growth = max(
                 abs(math.log(max(sb, 1e-12) / max(sa, 1e-12)))
                 for sa, sb in zip(s0, s1, strict=False)
