@@ -11,6 +11,7 @@ raised, its wall time, and the jitter of the guide's globals over the last
     python benchmarks/accuracy.py --seeds 0 1 2
     python benchmarks/accuracy.py --models hierarchical --estimator joint
     python benchmarks/accuracy.py --models hierarchical --summary   # on group means
+    python benchmarks/accuracy.py --models pooled_series --steps 6000 --final-lr 5e-5
 """
 
 from __future__ import annotations
@@ -49,11 +50,18 @@ MODELS = {
 
 
 def run(
-    name: str, seed: int, estimator: str | None, summary: bool
+    name: str,
+    seed: int,
+    estimator: str | None,
+    summary: bool,
+    steps: int | None = None,
+    final_lr: float | None = None,
 ) -> tuple[dict, float, list, float | None]:
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
-    cls, steps, lr, final_lr = MODELS[name]
+    cls, default_steps, lr, default_final_lr = MODELS[name]
+    steps = steps or default_steps
+    final_lr = final_lr or default_final_lr
     start = time.perf_counter()
     problem = cls()
     kwargs = {"estimator": estimator}
@@ -86,6 +94,10 @@ def main() -> None:
         action="store_true",
         help="hierarchical model: each group's mean as summary (LFVI(summary=...))",
     )
+    parser.add_argument("--steps", type=int, default=None, help="steps (default: the model's)")
+    parser.add_argument(
+        "--final-lr", type=float, default=None, help="final learning rate (default: the model's)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(
@@ -94,7 +106,9 @@ def main() -> None:
     )
     for name in args.models:
         for seed in args.seeds:
-            errors, seconds, raised, jitter = run(name, seed, args.estimator, args.summary)
+            errors, seconds, raised, jitter = run(
+                name, seed, args.estimator, args.summary, args.steps, args.final_lr
+            )
             jittered = "-" if jitter is None else f"{jitter:.2f}"
             for site, e in errors.items():
                 ok = abs(e["mean_error_sd"]) < 0.5 and 0.8 < e["sd_ratio"] < 1.25
