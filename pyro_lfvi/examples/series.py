@@ -103,7 +103,8 @@ class LocalSeries:
         """
         A Gaussian guide with the posterior's dependence structure (see
         :mod:`.structured`): full-rank on ``(mu, log tau, log sigma)``, and
-        each ``a_n`` linear in the globals' deviations. Its moments come from
+        each ``a_n`` with a mean linear in the globals' deviations and a log sd
+        linear in them (the funnel of ``tau``). Its moments come from
         :meth:`guide_moments`.
         """
         sites = [("mu", False), ("tau", True), ("sigma", True)]

@@ -131,8 +131,8 @@ class RegionalSIR:
         """
         A Gaussian guide with the posterior's dependence structure (see
         :mod:`.structured`): full-rank on ``(mu, log scale)``, and each
-        region's log rate linear in the globals' deviations. Its moments come
-        from :meth:`guide_moments`.
+        region's log rate with a mean linear in the globals' deviations and a
+        log sd linear in them. Its moments come from :meth:`guide_moments`.
         """
         sites = [("mu", False), ("scale", True)]
         deviation = gaussian_chain("globals", sites, (math.log(0.5), math.log(0.3)), 0.5)

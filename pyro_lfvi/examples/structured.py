@@ -6,9 +6,20 @@ likelihood (0.57-0.77x NUTS's on :class:`~pyro_lfvi.examples.LocalSeries`
 with an exact likelihood too). The guides of the examples built from these
 blocks are Gaussian in the unconstrained space with the posterior's dependence
 structure: the globals :math:`u` full-rank (a chain of conditional Normals),
-and each local :math:`z_n \mid u \sim N(m_n + w_n^\top (u - \bar u), s_n)`,
-independent given the globals, as in the model. LFVI needs only that each
-local's guide density is explicit given the globals.
+and each local
+
+.. math::
+
+    z_n \mid u \sim N\big(m_n + w_n^\top (u - \bar u),\;
+        s_n \exp(v_n^\top (u - \bar u))\big),
+
+independent given the globals, as in the model. The scale's dependence on the
+globals is the funnel of hierarchical models: where the population scale is
+small, every local is pinned near the population mean. Without it (:math:`v_n
+= 0`) the guide can underestimate the population scale's spread even at its
+optimum and with the exact likelihood (README, "Guides", has the figures on
+:class:`~pyro_lfvi.examples.LocalSeries`). LFVI needs only that each local's
+guide density is explicit given the globals.
 """
 
 from __future__ import annotations
@@ -58,15 +69,18 @@ def coupled_locals(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""
     The location and scale of ``size`` local Normals
-    :math:`m_n + w_n^\top (u - \bar u)` and :math:`s_n`, for use inside the
-    data plate (params ``{name}_loc``, ``{name}_scale``, ``{name}_coupling``).
+    :math:`m_n + w_n^\top (u - \bar u)` and :math:`s_n \exp(v_n^\top (u - \bar
+    u))`, for use inside the data plate (params ``{name}_loc``,
+    ``{name}_scale``, ``{name}_coupling`` for :math:`w` and
+    ``{name}_scale_coupling`` for :math:`v`, both starting at zero).
     """
     loc = pyro.param(f"{name}_loc", torch.full((size,), init_loc))
     scale = pyro.param(
         f"{name}_scale", torch.full((size,), init_scale), constraint=constraints.positive
     )
     weights = pyro.param(f"{name}_coupling", torch.zeros(size, deviation.shape[-1]))
-    return loc + (deviation * weights).sum(-1), scale
+    scale_weights = pyro.param(f"{name}_scale_coupling", torch.zeros(size, deviation.shape[-1]))
+    return loc + (deviation * weights).sum(-1), scale * (deviation * scale_weights).sum(-1).exp()
 
 
 def guide_moments(
