@@ -394,6 +394,13 @@ def _family_message(
             f"'{name}': the guide's sd {sizes[name][1]} the posterior's marginal sd "
             f"({'; '.join(with_what) or 'correlations'})"
         )
+    hierarchical = (
+        " For local sites, let each local's guide mean and log sd depend on the globals "
+        "(pyro_lfvi.examples.structured.coupled_locals, as the examples' structured_guide "
+        "does: a hierarchical scale also changes the locals' spread)."
+        if any(name in through_locals for name in failed)
+        else ""
+    )
     return (
         "the guide's family cannot represent this posterior: its scales are at the ELBO's "
         "optimum, but the ELBO's curvature in the guide's noise shows correlations between "
@@ -402,6 +409,7 @@ def _family_message(
         + ". Do not trust these posterior sds (a mean-field guide comes out too narrow on "
         "correlated latents). Use a guide with correlations, such as "
         "pyro.infer.autoguide.AutoMultivariateNormal or a flow, or reparameterise the "
-        "model so that the latents are closer to independent. Then check again "
-        "(pyro_lfvi.check_stationarity)."
+        "model so that the latents are closer to independent."
+        + hierarchical
+        + " Then check again (pyro_lfvi.check_stationarity)."
     )

@@ -226,6 +226,15 @@ def test_the_family_check_warns_when_only_the_pairwise_bound_is_significant(
     assert says in _family_message({"a": s}, ["a"], [], [])
 
 
+def test_the_family_warning_points_hierarchical_guides_to_locals_that_follow_the_globals():
+    from pyro_lfvi.stationarity import _family_message
+
+    s = Stationarity(0.01, 0.02, 0.6, 0.05, "z", 0.5, 0.4, 0.05)
+    advice = "let each local's guide mean and log sd depend on the globals"
+    assert advice in _family_message({"tau": s}, ["tau"], ["tau"], ["z"])
+    assert advice not in _family_message({"tau": s}, ["tau"], [], ["z"])
+
+
 def test_an_insignificant_bound_or_one_inside_the_range_does_not_warn():
     nan = float("nan")
     assert not Stationarity(0.0, 0.02, nan, nan, "b", 0.5, 0.75, 0.01).marginal_failed
