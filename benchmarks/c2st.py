@@ -22,7 +22,7 @@ states its simulator calls (particles x steps); the budget is 10^5 (1,560 steps)
 
 Options other than LFVI's defaults: ``--particles`` and ``--widen`` (LFVI's
 ``num_particles`` and ``widen``), ``--replay`` (the ratio estimator's
-``replay``), ``--ratio-lr`` (initial learning rate of the
+``replay``), ``--refine`` (its ``refine_steps``), ``--ratio-lr`` (initial learning rate of the
 ratio estimator's weights, decaying like the guide's), ``--no-mirror`` (an
 unmirrored flow guide), ``--check`` (run :func:`pyro_lfvi.check_ratio_estimator`
 after the C2ST and print its gain). Measured on one shared CPU core (observation 1, seeds
@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from typing import Any
 
 import pyro
@@ -64,7 +65,7 @@ import torch
 from fitting import train
 from torch import nn
 
-from pyro_lfvi import LFVI, ContrastiveRatioEstimator, check_ratio_estimator
+from pyro_lfvi import LFVI, ContrastiveRatioEstimator, LFVIWarning, check_ratio_estimator
 from pyro_lfvi.examples import SLCP, GaussianLinear, TwoMoons
 
 TASKS: dict[str, type[GaussianLinear | TwoMoons | SLCP]] = {
@@ -114,11 +115,13 @@ def fit(
     final_lr: float,
     elbo: LFVI,
     ratio_lr: float | None = None,
+    check: bool = False,
 ) -> None:
     """Train with ClippedAdam decaying from ``lr`` to ``final_lr`` (``ratio_lr``, if
-    given, is the initial learning rate of the ratio estimator's weights)."""
+    given, is the initial learning rate of the ratio estimator's weights; ``check``
+    runs :func:`pyro_lfvi.fit`'s end-of-training checks)."""
     if ratio_lr is None:
-        train(problem, num_steps=steps, lr=lr, final_lr=final_lr, elbo=elbo, check=False)  # type: ignore[arg-type]
+        train(problem, num_steps=steps, lr=lr, final_lr=final_lr, elbo=elbo, check=check)  # type: ignore[arg-type]
         return
     decay = (final_lr / lr) ** (1.0 / steps)
 
@@ -152,12 +155,19 @@ def main() -> None:
         help="ContrastiveRatioEstimator(replay=...) (default: the estimator's, off)",
     )
     parser.add_argument(
+        "--refine",
+        type=int,
+        default=None,
+        help="ContrastiveRatioEstimator(refine_steps=...) (default: the estimator's, off)",
+    )
+    parser.add_argument(
         "--no-mirror", action="store_true", help="two_moons, slcp: an unmirrored flow guide"
     )
     parser.add_argument(
         "--check",
         action="store_true",
-        help="also run check_ratio_estimator after training and print its gain",
+        help="run fit's end-of-training checks, print check_ratio_estimator's gain and "
+        "every LFVIWarning the fit raised",
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -166,7 +176,7 @@ def main() -> None:
     }
     print(
         f"task {args.task}, lr {args.lr} -> {args.final_lr}, ratio lr {args.ratio_lr}, "
-        f"replay {args.replay or 'default'}, "
+        f"replay {args.replay or 'default'}, refine {args.refine or 'default'}, "
         f"LFVI({', '.join(f'{k}={v}' for k, v in options.items())})"
         + (", unmirrored guide" if args.no_mirror else "")
     )
@@ -178,12 +188,17 @@ def main() -> None:
             pyro.set_rng_seed(seed)
             task = TASKS[args.task]
             problem = task() if task is GaussianLinear else task(mirror=not args.no_mirror)
-            if args.replay is not None:
-                options["estimator"] = ContrastiveRatioEstimator(replay=args.replay)
+            if args.replay is not None or args.refine is not None:
+                options["estimator"] = ContrastiveRatioEstimator(
+                    replay=args.replay or 0, refine_steps=args.refine or 0
+                )
             elbo = LFVI(**options)
             start = time.perf_counter()
-            fit(problem, steps, args.lr, args.final_lr, elbo, args.ratio_lr)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", LFVIWarning)
+                fit(problem, steps, args.lr, args.final_lr, elbo, args.ratio_lr, args.check)
             seconds = time.perf_counter() - start
+            raised = [str(w.message)[:70] for w in caught if issubclass(w.category, LFVIWarning)]
             draws = problem.guide_samples(5000)
             reference = problem.reference_samples(5000)
             score = c2st(draws, reference, seed)
@@ -196,7 +211,8 @@ def main() -> None:
                 )
                 gain = f"{result.gain:>8.3f}"
             print(
-                f"{steps:>6}{calls:>11}{seed:>6}{score:>8.3f}{seconds:>7.0f}s{gain}{over}",
+                f"{steps:>6}{calls:>11}{seed:>6}{score:>8.3f}{seconds:>7.0f}s{gain}{over}"
+                + (f"  warnings: {raised or 'none'}" if args.check else ""),
                 flush=True,
             )
 

@@ -37,7 +37,8 @@ network. Simulations with NaN or inf values are dropped from training
 (``nan_policy="drop"``) and counted. Optionally (``replay``), each update
 also trains on the latest steps' simulations, so that with few simulations
 per step (one observation) the classifier learns from many more at no extra
-simulator cost.
+simulator cost, and (``refine_steps``) takes several updates of its own on them
+in each step.
 
 References
 
@@ -361,6 +362,19 @@ class ContrastiveRatioEstimator(RatioEstimator):
         ``replay=1024`` improves the posterior, but the end-of-training check
         then misses more of the remaining failures; README's "A single
         observation" has the figures.)
+    :param int refine_steps: if positive, before each step's ELBO the
+        classifier also takes this many updates of its own (default 0: off) on
+        the simulations that step trains on (with ``replay``, the latest
+        steps'), each with fresh shuffled pairings, by a private
+        :class:`torch.optim.Adam` whose learning rate ``refine_lr`` does not
+        decay. With one observation the SVI optimiser's single update per step,
+        at a learning rate that decays with the guide's, leaves the classifier
+        far behind what its simulations could teach it; sbi's neural ratio
+        estimation trains for many epochs on its simulations for the same
+        reason. It costs time, not simulator calls. The private optimiser's
+        moments are not part of ``state_dict`` (a resumed run restarts them),
+        and data-parallel training refuses it.
+    :param float refine_lr: the learning rate of those updates (default 1e-3).
 
     References
 
@@ -385,6 +399,8 @@ class ContrastiveRatioEstimator(RatioEstimator):
         normalizer_draws: int = 64,
         balance: float = 0.0,
         replay: int = 0,
+        refine_steps: int = 0,
+        refine_lr: float = 1e-3,
     ) -> None:
         if embedding is not None and not isinstance(embedding, nn.Module | Mapping):
             raise ValueError(
@@ -421,6 +437,11 @@ class ContrastiveRatioEstimator(RatioEstimator):
         self.normalizer_draws = check_positive_int("normalizer_draws", normalizer_draws)
         self.replay = check_nonnegative_int("replay", replay)
         self._replay: list[Rows] = []
+        self.refine_steps = check_nonnegative_int("refine_steps", refine_steps)
+        if not (isinstance(refine_lr, float | int) and 0.0 < float(refine_lr) < float("inf")):
+            raise ValueError(f"Expected refine_lr to be a positive number, actual {refine_lr!r}")
+        self.refine_lr = float(refine_lr)
+        self._refiner: tuple[ContrastiveNetwork, torch.optim.Optimizer] | None = None
 
     # -- building ----------------------------------------------------------------
 
@@ -477,6 +498,22 @@ class ContrastiveRatioEstimator(RatioEstimator):
     def _training(
         self, net: ContrastiveNetwork, pair: PairedJoints, valid: torch.Tensor, update: bool
     ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The classifier's loss and statistics on the simulations of ``pair``
+        (with ``update``: after updating the standardisation, with the replayed
+        ones, and after the ``refine_steps`` updates where gradients are on)."""
+        rows = self._rows(net, pair, valid, update)
+        if update and self.refine_steps > 0 and torch.is_grad_enabled():
+            self._refine(net, rows, pair.mirrored)
+        loss, stats = self._loss(net, rows, pair.mirrored)
+        stats["nonfinite_fraction"] = float((~valid).sum()) / valid.numel()
+        return loss, stats
+
+    def _rows(
+        self, net: ContrastiveNetwork, pair: PairedJoints, valid: torch.Tensor, update: bool
+    ) -> Rows:
+        """The simulations to train on, detached, NaN and inf zeroed (masked by
+        ``valid``); with ``update``, after moving the standardisation towards
+        them, joined by the replayed ones."""
         obs = {k: v.detach() for k, v in pair.p_observed.items()}
         loc = {k: v.detach() for k, v in pair.p_local.items()}
         glob = {k: v.detach() for k, v in pair.p_global.items()}
@@ -498,7 +535,15 @@ class ContrastiveRatioEstimator(RatioEstimator):
             theta = net.theta(loc, glob, valid.shape)
             net.update_standardization(x[valid], theta[valid], self.momentum)
         if update and self.replay > 0:
-            obs, loc, glob, valid = self._replayed(obs, loc, glob, valid)
+            return self._replayed(obs, loc, glob, valid)
+        return obs, loc, glob, valid
+
+    def _loss(
+        self, net: ContrastiveNetwork, rows: Rows, mirrored: bool
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The contrastive loss on ``rows``, joint pairs against ``num_contrasts``
+        shuffled pairings (``mirrored``: see :func:`_shift`), and its statistics."""
+        obs, loc, glob, valid = rows
         P, M = valid.shape
         embedded = net.embed(obs)
         joint = net.classify(embedded, loc, glob)
@@ -507,7 +552,7 @@ class ContrastiveRatioEstimator(RatioEstimator):
         balance = (torch.sigmoid(joint) * weight).sum() / weight.sum().clamp_min(1.0) - 1.0
         contrasts = []
         for _ in range(self.num_contrasts):
-            shift = _shift(P, pair.mirrored)
+            shift = _shift(P, mirrored)
             perm = torch.randperm(M)
             w = weight * weight.roll(shift, 0)[:, perm]
             logits = net.classify(embedded.roll(shift, 0)[:, perm], loc, glob)
@@ -523,11 +568,27 @@ class ContrastiveRatioEstimator(RatioEstimator):
             acc = discriminator_accuracy(joint[valid], torch.cat(contrasts))
         stats = {
             "discriminator_accuracy": acc,
-            "nonfinite_fraction": num_bad / valid.numel(),
-            "mean_logit_p": float(joint.detach()[valid].mean()) if num_bad < valid.numel() else 0.0,
+            "mean_logit_p": float(joint.detach()[valid].mean()) if bool(valid.any()) else 0.0,
             "mean_logit_q": float(torch.cat(contrasts).mean()) if contrasts else 0.0,
         }
         return loss, stats
+
+    def _refine(self, net: ContrastiveNetwork, rows: Rows, mirrored: bool) -> None:
+        """``refine_steps`` updates of the classifier by its private optimiser on
+        ``rows``, leaving the gradients that the SVI step will use as they were."""
+        if self._refiner is None or self._refiner[0] is not net:
+            trained = [p for n, p in net.named_parameters() if not n.endswith("standardization")]
+            self._refiner = (net, torch.optim.Adam(trained, lr=self.refine_lr))
+        optim = self._refiner[1]
+        params = [p for group in optim.param_groups for p in group["params"]]
+        saved = [p.grad for p in params]
+        for _ in range(self.refine_steps):
+            for p in params:
+                p.grad = None
+            self._loss(net, rows, mirrored)[0].backward()
+            optim.step()
+        for p, grad in zip(params, saved, strict=True):
+            p.grad = grad
 
     def _replayed(
         self,

@@ -420,6 +420,13 @@ class DistributedOptim(PyroOptim):
                 f"Expected lfvi to be the pyro_lfvi.LFVI given to SVI, or None, actual "
                 f"{type(lfvi).__name__}"
             )
+        refine = getattr(getattr(lfvi, "estimator", None), "refine_steps", 0)
+        if refine:
+            raise ValueError(
+                f"Expected a ratio estimator without refine_steps in data-parallel training, "
+                f"actual refine_steps={refine}: its private optimiser's updates would differ "
+                f"between ranks; use ContrastiveRatioEstimator(refine_steps=0)"
+            )
         self.optim = optim
         self.lfvi = lfvi
         self._sync = _Sync()

@@ -106,6 +106,9 @@ def test_estimator_arguments_are_checked(kwargs, match):
         ({"name": ""}, "name to be a non-empty str"),
         ({"normalizer_draws": 0}, "normalizer_draws to be an integer >= 1"),
         ({"replay": -1}, "replay to be an integer >= 0"),
+        ({"refine_steps": -1}, "refine_steps to be an integer >= 0"),
+        ({"refine_lr": 0.0}, "refine_lr to be a positive number"),
+        ({"refine_lr": "fast"}, "refine_lr to be a positive number"),
     ],
 )
 def test_contrastive_arguments_are_checked(kwargs, match):
@@ -200,6 +203,31 @@ def test_each_step_trains_on_the_latest_steps_that_fit_in_replay():
     # The first step has nothing to replay; the second trains on two steps' simulations.
     assert wide_losses[0] == own_losses[0]
     assert wide_losses[1] != own_losses[1]
+
+
+def test_refine_steps_train_the_classifier_and_leave_the_svi_gradients_alone():
+    problem = AR1Series()
+    pyro.set_rng_seed(0)
+    estimator = ContrastiveRatioEstimator(replay=256, refine_steps=3)
+    elbo = LFVI(estimator=estimator)
+    svi = pyro.infer.SVI(problem.model, problem.guide, pyro.optim.Adam({"lr": 0.01}), elbo)
+    svi.step(problem.data)  # builds the network
+    net = estimator.network
+    params = [p for n, p in net.named_parameters() if not n.endswith("standardization")]
+    sentinel = [torch.full_like(p, 7.0) for p in params]
+    for p, s in zip(params, sentinel, strict=True):
+        p.grad = s.clone()
+    before = [p.detach().clone() for p in params]
+    pair = elbo._pair(problem.model, problem.guide, (problem.data,), {})[0]
+    estimator.objectives(pair, update=True)
+    assert any(not torch.equal(p, b) for p, b in zip(params, before, strict=True))
+    for p, s in zip(params, sentinel, strict=True):
+        assert torch.equal(p.grad, s)
+    # Neither update=False (the checks) nor loss() (no gradients) refines.
+    before = [p.detach().clone() for p in params]
+    estimator.objectives(pair, update=False)
+    svi.evaluate_loss(problem.data)
+    assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
 
 
 def test_replay_state_is_checked():

@@ -383,6 +383,9 @@ def test_bad_arguments() -> None:
         average_statistics(LFVI()(lambda: None, lambda: None))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not in the store"):
         lfvi_dist._Sync.order({torch.zeros(1, requires_grad=True)})
+    refining = LFVI(estimator=ContrastiveRatioEstimator(refine_steps=2))
+    with pytest.raises(ValueError, match="without refine_steps in data-parallel training"):
+        DistributedOptim(adam, refining)
     # The wrapper is a PyroOptim that delegates to the optimiser it wraps.
     wrapped = DistributedOptim(adam)
     assert wrapped.pt_optim_args == adam.pt_optim_args
