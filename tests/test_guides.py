@@ -88,6 +88,7 @@ def test_implicit_guide_is_closer_than_a_normal_guide_to_bimodal_local_posterior
     assert float(((positive - 0.5).abs() < 0.3).float().mean()) > 0.9
 
 
+@pytest.mark.slow  # a 1,000-3,000-step fit; the default suite stays under 10 minutes
 def test_autodelta_on_globals_is_variational_em_and_recovers_the_map():
     data = 2.0 + 0.7 * torch.randn(1000)
 
@@ -128,6 +129,7 @@ def test_autodelta_on_globals_is_variational_em_and_recovers_the_map():
     assert abs(float(fitted["scale"].detach()) - scale) < scale / 2000**0.5
 
 
+@pytest.mark.slow  # a 1,000-3,000-step fit; the default suite stays under 10 minutes
 def test_flow_autoguide_for_globals():
     problem = ConjugateNormal()
     guide = AutoIAFNormal(problem.model, hidden_dim=[8], num_transforms=1)

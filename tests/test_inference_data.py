@@ -137,6 +137,7 @@ def test_arviz_functions_run_without_shape_warnings():
         az.rhat(idata, var_names=["mu"])
 
 
+@pytest.mark.slow  # a 1,000-3,000-step fit; the default suite stays under 10 minutes
 def test_summary_of_fitted_conjugate_model_matches_exact_posterior():
     problem = ConjugateNormal()
     train(problem, num_steps=3000, lr=0.01, final_lr=0.0005)
