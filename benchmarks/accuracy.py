@@ -58,6 +58,7 @@ def run(
     steps: int | None = None,
     final_lr: float | None = None,
     mean_field: bool = False,
+    width: int | None = 60,
 ) -> tuple[dict, float, list, float | None]:
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
@@ -78,7 +79,7 @@ def run(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LFVIWarning)
         elbo = train(fitting, steps, lr=lr, final_lr=final_lr, elbo=LFVI(**kwargs))
-    raised = [str(w.message)[:60] for w in caught if issubclass(w.category, LFVIWarning)]
+    raised = [str(w.message)[:width] for w in caught if issubclass(w.category, LFVIWarning)]
     if not structured:
         fitted = problem.fitted()
     else:
@@ -107,6 +108,9 @@ def main() -> None:
         action="store_true",
         help="fit the examples that have a structured guide with their mean-field guide",
     )
+    parser.add_argument(
+        "--full-warnings", action="store_true", help="print each warning whole (default: 60 chars)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(
@@ -116,7 +120,14 @@ def main() -> None:
     for name in args.models:
         for seed in args.seeds:
             errors, seconds, raised, jitter = run(
-                name, seed, args.estimator, args.summary, args.steps, args.final_lr, args.mean_field
+                name,
+                seed,
+                args.estimator,
+                args.summary,
+                args.steps,
+                args.final_lr,
+                args.mean_field,
+                width=None if args.full_warnings else 60,
             )
             jittered = "-" if jitter is None else f"{jitter:.2f}"
             for site, e in errors.items():

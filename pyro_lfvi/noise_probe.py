@@ -91,10 +91,12 @@ class ScaleProbe(AntitheticMessenger):
     ``MAX_MIXED`` coordinates.
 
     The local sites of a data plate that is drawn whole (not subsampled) get
-    ``local_scales[name]`` (ones, one per coordinate) and
+    ``local_scales[name]`` (ones, one per coordinate),
     ``local_mixing[name]`` (zeros, one row per local coordinate, one column per
-    global coordinate): their noise becomes :math:`s \odot \epsilon + C
-    \epsilon_\beta`. ``locals_mixed`` turns False where that does not apply
+    global coordinate) and ``local_funnel[name]`` (zeros, the same shape):
+    their noise becomes :math:`(s + F \epsilon_\beta) \odot \epsilon + C
+    \epsilon_\beta`, so :math:`F` lets each local's spread follow the
+    globals (a funnel). ``locals_mixed`` turns False where that does not apply
     (a subsampled plate, a global drawn after a local, a site whose ELBO
     scale is not one number).
 
@@ -112,6 +114,7 @@ class ScaleProbe(AntitheticMessenger):
         self.mixed = True
         self.local_scales: dict[str, torch.Tensor] = {}
         self.local_mixing: dict[str, torch.Tensor] = {}
+        self.local_funnel: dict[str, torch.Tensor] = {}
         self.local_weights: dict[str, float] = {}
         self.locals_mixed = True
         self._drawn: list[torch.Tensor] = []  # this guide run's flattened global noise
@@ -119,13 +122,15 @@ class ScaleProbe(AntitheticMessenger):
 
     def leaves(self) -> dict[str, torch.Tensor]:
         """Every factor to take the ELBO's gradient in, by key: the site name
-        (``scales``), ``"mixing:"``, ``"local:"`` and ``"local_mixing:"`` and
-        the site name (the keys :func:`curvature_matrix` reads)."""
+        (``scales``), ``"mixing:"``, ``"local:"``, ``"local_mixing:"`` and
+        ``"local_funnel:"`` and the site name (the keys :func:`curvature_matrix`
+        and :mod:`pyro_lfvi.stationarity` read)."""
         out = dict(self.scales)
         out.update({"mixing:" + name: mix for name, mix in self.mixing.items()})
         for name, local in self.local_scales.items():
             out["local:" + name] = local
             out["local_mixing:" + name] = self.local_mixing[name]
+            out["local_funnel:" + name] = self.local_funnel[name]
         return out
 
     def __enter__(self) -> ScaleProbe:
@@ -199,13 +204,15 @@ class ScaleProbe(AntitheticMessenger):
             if name not in self.local_scales and width:
                 self.local_scales[name] = flat.new_ones(flat.shape[1], requires_grad=True)
                 self.local_mixing[name] = flat.new_zeros((flat.shape[1], width), requires_grad=True)
+                self.local_funnel[name] = flat.new_zeros((flat.shape[1], width), requires_grad=True)
                 self.local_weights[name] = weight  # type: ignore[assignment]
             mix = self.local_mixing.get(name)
             if mix is None or mix.shape != (flat.shape[1], width):
                 self.locals_mixed = False
                 return noise
-            out = flat * self.local_scales[name] + torch.cat(self._drawn, 1) @ mix.T
-            return out.reshape(noise.shape)
+            drawn = torch.cat(self._drawn, 1)
+            spread = self.local_scales[name] + drawn @ self.local_funnel[name].T
+            return (flat * spread + drawn @ mix.T).reshape(noise.shape)
 
         return noise_map
 
@@ -296,28 +303,54 @@ def pairwise_variance_bound(m: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def local_schur(
-    scale_grads: torch.Tensor, mixing_grads: torch.Tensor, weight: float
+    scale_grads: torch.Tensor,
+    mixing_grads: torch.Tensor,
+    weight: float,
+    funnel_grads: torch.Tensor | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The locals' share of :math:`M` on the globals, as a function of the
-    batches to use: :math:`\\sum_k M_{\\beta k} M_{k \\beta} / M_{kk}` over the
-    local coordinates :math:`k` (Schur's complement; the locals taken as
-    independent given the globals). The two factors come from the even and
-    the odd batches, so their noise does not add up to a bias.
+    r"""The locals' share of :math:`M` on the globals, as a function of the
+    batches to use (the locals taken as independent given the globals):
+
+    .. math::
+
+        \sum_k \frac{M_{\beta k} M_{k \beta}}{M_{kk}}
+        + \frac{1}{2} \sum_k \frac{\partial_\beta M_{kk} \,
+        \partial_\beta M_{kk}^\top}{M_{kk}^2}.
+
+    The first sum is Schur's complement (the globals' linear correlations
+    with the locals). The second is the funnel: where a local's curvature
+    :math:`M_{kk}` changes with the globals (a hierarchical scale sets the
+    locals' spread), the locals' conditional entropy
+    :math:`-\frac{1}{2} \log M_{kk}` moves with the globals, which widens
+    their marginal (Laplace's approximation of the integral over the locals).
+    Stein's identity gives :math:`\partial_\beta M_{kk}` as minus the
+    ELBO's gradient in the probe's funnel factor :math:`F_{k\beta}`
+    (:class:`ScaleProbe`). Each product takes its two factors from the even
+    and the odd batches, so their noise does not add up to a bias.
 
     :param torch.Tensor scale_grads: the ELBO's gradient in a local site's
         scales, one row per batch.
     :param torch.Tensor mixing_grads: its gradient in the site's mixing with
         the globals, ``(batches, local coordinates, global coordinates)``.
     :param float weight: the site's scale in the ELBO (``poutine.scale``).
+    :param torch.Tensor funnel_grads: its gradient in the site's funnel
+        factors, shaped as ``mixing_grads``; None leaves the funnel out.
     :rtype: callable
     """
 
     def schur(idx: torch.Tensor) -> torch.Tensor:
         m_kk = 1 - scale_grads[idx].mean(0) / weight
-        left = -mixing_grads[idx[0::2]].mean(0) / weight
-        right = -mixing_grads[idx[1::2]].mean(0) / weight
         keep = m_kk > 0.1  # a local far too narrow for its posterior: left out
-        product = weight * (left[keep] / m_kk[keep, None]).T @ right[keep]
+        product = torch.zeros(
+            mixing_grads.shape[-1], mixing_grads.shape[-1], dtype=m_kk.dtype, device=m_kk.device
+        )
+        pairs = [(mixing_grads, m_kk[keep, None], 1.0)]
+        if funnel_grads is not None:
+            pairs.append((funnel_grads, m_kk[keep, None] ** 2, 0.5))
+        for grads, divisor, share in pairs:
+            left = -grads[idx[0::2]].mean(0)[keep] / weight
+            right = -grads[idx[1::2]].mean(0)[keep] / weight
+            product = product + share * weight * (left / divisor).T @ right
         return (product + product.T) / 2
 
     return schur

@@ -46,6 +46,11 @@ the partial correlations the guide lacks. Local sites in a data plate drawn whol
 the globals', and their share of :math:`M` (Schur's complement, the locals
 taken as independent given the globals) is taken off, so a mean-field guide
 that misses the correlation of a hierarchical scale with its groups is seen.
+So is a funnel, where a hierarchical scale sets the locals' spread rather than
+their mean: the probe also lets each local's noise scale follow the globals'
+noise, and the ELBO's gradient there measures how the locals' curvature moves
+with the globals, whose share of :math:`M` is taken off too
+(:func:`~pyro_lfvi.noise_probe.local_schur`).
 Where that factor leaves 0.8-1.25 by
 three standard errors of its logarithm while the guide is at its optimum, the
 check warns that the guide's family cannot represent the posterior.
@@ -237,7 +242,7 @@ def check_stationarity(
     if not elbo.vectorize_particles or size < 4:
         return {}
     curvatures: list[torch.Tensor] = []
-    local_grads: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    local_grads: dict[str, list[tuple[torch.Tensor, ...]]] = {}
     with torch.random.fork_rng():
         roles = elbo._pair(model, guide, args, kwargs)[0].roles
         probe = ScaleProbe(-int(elbo.max_plate_nesting), size, roles.data_plate)
@@ -253,8 +258,9 @@ def check_stationarity(
             }
             curvatures.append(curvature_matrix(grads, probe))
             for name in probe.local_scales:
-                pair = (grads["local:" + name], grads["local_mixing:" + name])
-                local_grads.setdefault(name, []).append(pair)
+                keys = ("local:", "local_mixing:", "local_funnel:")
+                row = tuple(grads[key + name] for key in keys)
+                local_grads.setdefault(name, []).append(row)
     batches = torch.stack(curvatures)
     diag = 1 - torch.diagonal(batches, dim1=-2, dim2=-1)
     mean, stderr = diag.mean(0), diag.std(0) / math.sqrt(len(batches))
@@ -347,19 +353,16 @@ def _message(result: dict[str, Stationarity], failed: list[str], draws: int) -> 
 
 
 def _locals(
-    probe: ScaleProbe, grads: dict[str, list[tuple[torch.Tensor, torch.Tensor]]], batches: int
+    probe: ScaleProbe, grads: dict[str, list[tuple[torch.Tensor, ...]]], batches: int
 ) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The local sites' share of :math:`M`, summed over sites, where every batch measured it."""
+    """The local sites' share of :math:`M` (linear correlations and funnel),
+    summed over sites, where every batch measured it."""
     if not probe.locals_mixed or not grads or any(len(g) != batches for g in grads.values()):
         return None
-    parts = [
-        local_schur(
-            torch.stack([s for s, _ in rows]),
-            torch.stack([m for _, m in rows]),
-            probe.local_weights[name],
-        )
-        for name, rows in grads.items()
-    ]
+    parts = []
+    for name, rows in grads.items():
+        scale, mixing, funnel = (torch.stack(column) for column in zip(*rows, strict=True))
+        parts.append(local_schur(scale, mixing, probe.local_weights[name], funnel))
     return lambda idx: torch.stack([part(idx) for part in parts]).sum(0)
 
 
