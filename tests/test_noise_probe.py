@@ -215,9 +215,12 @@ def test_the_funnel_share_gives_the_scale_marginal_of_a_funnel_posterior():
         locals_ = dist.Normal(0.0, log_tau.exp().unsqueeze(-1)).log_prob(z)
         return prior + (locals_ + dist.Normal(z, 1.0).log_prob(x)).sum(-1)
 
+    def log_marginal(log_tau):  # the z_n integrated out: x_n ~ N(0, tau^2 + 1)
+        evidence = dist.Normal(0.0, (log_tau.exp() ** 2 + 1).sqrt().unsqueeze(-1))
+        return dist.Normal(0.0, 1.0).log_prob(log_tau) + evidence.log_prob(x.double()).sum(-1)
+
     grid = torch.linspace(-6.0, 4.0, 20001, dtype=torch.float64)
-    evidence = dist.Normal(0.0, (grid.exp() ** 2 + 1).sqrt().unsqueeze(-1)).log_prob(x.double())
-    weights = torch.softmax(dist.Normal(0.0, 1.0).log_prob(grid) + evidence.sum(-1), 0)
+    weights = torch.softmax(log_marginal(grid), 0)
     mean = (weights * grid).sum()
     exact_sd = (weights * (grid - mean) ** 2).sum().sqrt().item()
 
@@ -268,9 +271,6 @@ def test_the_funnel_share_gives_the_scale_marginal_of_a_funnel_posterior():
     # What the probe measures exactly: the curvature of the exact marginal of log_tau,
     # averaged under the guide (0.564 here, against the marginal's sd ratio of 0.48).
     draws = (loc + scale * torch.randn(P, dtype=torch.float64)).requires_grad_()
-    log_marginal = dist.Normal(0.0, 1.0).log_prob(draws) + dist.Normal(
-        0.0, (draws.exp() ** 2 + 1).sqrt().unsqueeze(-1)
-    ).log_prob(x.double()).sum(-1)
-    (slope,) = torch.autograd.grad(log_marginal.sum(), draws, create_graph=True)
+    (slope,) = torch.autograd.grad(log_marginal(draws).sum(), draws, create_graph=True)
     (curvature,) = torch.autograd.grad(slope.sum(), draws)
     assert funnel == pytest.approx(scale.item() * (-curvature.mean()).sqrt().item(), rel=0.05)
