@@ -1,11 +1,12 @@
 """What users would run instead of LFVI: sbi's NPE and NRE and pyabc's SMC-ABC on sbibm tasks.
 
 Each method gets the same simulation budget (default 10^3, 10^4 and 10^5
-simulator calls) on sbibm's ``gaussian_linear``, ``two_moons`` and ``slcp``
-(observation 1 each, from ``pyro_lfvi.examples``), and is scored by C2ST
+simulator calls) on sbibm's tasks (observation 1 each, from
+``pyro_lfvi.examples``): ``gaussian_linear``, ``two_moons`` and ``slcp`` by
+default, ``bernoulli_glm`` and ``sir`` with ``--tasks``; each is scored by C2ST
 (``benchmarks/c2st.py``'s classifier: held-out accuracy telling 5,000
 posterior draws from 5,000 reference draws; 0.5 is perfect). sbibm uses
-10,000 draws of each; 5,000 is what ships for the two sbibm reference files.
+10,000 draws of each; 5,000 is what ships for the sbibm reference files.
 Wall time covers simulation, training and drawing the 5,000 samples, not the
 C2ST itself. All on one CPU thread.
 
@@ -33,7 +34,8 @@ C2ST itself. All on one CPU thread.
   support. ``--abc-samples resample`` draws the particles themselves instead.
 * ``lfvi``: the training of ``benchmarks/c2st.py`` (``LFVI()`` defaults, 64
   simulations a step with one observation, ClippedAdam decaying from 0.01 to 0.0005, the
-  task's guide: mean-field on ``gaussian_linear``, spline flows on the others) with
+  task's guide: mean-field on ``gaussian_linear``, full-rank Gaussian on
+  ``bernoulli_glm`` and ``sir``, spline flows on the others) with
   ``budget // 64`` steps: 15 steps (960 calls) at 10^3, 156 (9,984) at 10^4, 1,560
   (99,840) at 10^5.
   LFVI's defaults are tuned for the last; the first two only show what the
@@ -75,7 +77,7 @@ from torch.distributions import Distribution, constraints
 
 from pyro_lfvi import LFVI
 from pyro_lfvi.elbo import SINGLE_OBSERVATION_PARTICLES
-from pyro_lfvi.examples import GaussianLinear, LocalSeries
+from pyro_lfvi.examples import SIR, BernoulliGLM, GaussianLinear, LocalSeries
 
 NUM_SAMPLES = 5000
 LFVI_SIMULATIONS_PER_STEP = SINGLE_OBSERVATION_PARTICLES  # LFVI's default with one observation
@@ -100,6 +102,10 @@ def make_task(name: str) -> Any:
     """A task object with ``prior()``, ``simulate``, ``data`` and ``reference_samples``."""
     if name == "gaussian_linear":
         return GaussianLinear()
+    if name == "bernoulli_glm":
+        return BernoulliGLM()
+    if name == "sir":
+        return SIR()
     from pyro_lfvi.examples import sbibm
 
     classes = {"two_moons": "TwoMoons", "slcp": "SLCP"}
@@ -468,7 +474,7 @@ def main() -> None:
         "--tasks",
         nargs="+",
         default=["gaussian_linear", "two_moons", "slcp"],
-        choices=["gaussian_linear", "two_moons", "slcp", "local_series"],
+        choices=["gaussian_linear", "two_moons", "slcp", "bernoulli_glm", "sir", "local_series"],
     )
     parser.add_argument(
         "--methods",

@@ -1,4 +1,4 @@
-"""sbibm's two_moons and slcp tasks (observation 1, N = 1): C2ST of LFVI's guide.
+"""sbibm's tasks (observation 1, N = 1): C2ST of LFVI's guide.
 
 The target, fixed before measuring (issue 8): C2ST at most 0.70 against
 sbibm's reference posterior samples, seeds 0-2, with LFVI's defaults
@@ -17,9 +17,14 @@ failures that state the measured figures: they fail once LFVI reaches the
 target without a false alarm. (Non-default settings that bring every
 two_moons seed below 0.70 are in the docstring of
 :class:`pyro_lfvi.examples.TwoMoons`.)
+
+bernoulli_glm and sir were added after the defaults were last changed, as
+tasks nobody tuned LFVI on, with full-rank Gaussian guides; their simulators
+are checked against sbibm's observation and reference posterior first.
 """
 
 import importlib.util
+import math
 import warnings
 from pathlib import Path
 
@@ -29,7 +34,8 @@ import torch
 from fitting import train
 
 from pyro_lfvi import LFVI, ContrastiveRatioEstimator, LFVIWarning
-from pyro_lfvi.examples import SLCP, TwoMoons
+from pyro_lfvi.examples import SIR, SLCP, BernoulliGLM, TwoMoons
+from pyro_lfvi.examples.epidemic import infected_curve
 
 STEPS = 1560
 """With LFVI's default 64 particles per step (one observation): 99,840 simulator calls."""
@@ -63,13 +69,17 @@ def _seeds(task, measured, warns):
     return params
 
 
-def _c2st():
+def _benchmark():
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "c2st.py"
     spec = importlib.util.spec_from_file_location("c2st_benchmark", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.c2st
+    return module
+
+
+def _c2st():
+    return _benchmark().c2st
 
 
 def fit_and_record_warnings(problem, num_steps, elbo=None):
@@ -151,3 +161,106 @@ def test_refined_ratio_estimator_brings_two_moons_within_the_target(seed):
     assert STEPS * elbo.num_particles <= 100_000
     score = _c2st()(problem.guide_samples(5000), problem.reference_samples(5000), seed)
     assert score <= 0.70, score
+
+
+def test_bernoulli_glm_observation_is_its_spike_trains_sufficient_statistics():
+    # sbibm computed observation 1 from its stored design matrix; the inlined spike
+    # train times the design matrix rebuilt here must give it back.
+    problem = BernoulliGLM()
+    assert problem.design.shape == (100, 10)
+    assert torch.allclose(problem.spikes @ problem.design, problem.data, atol=1e-4)
+    theta = problem.prior().sample(torch.Size([7]))
+    x = problem.simulate(theta)
+    assert x.shape == (7, 10)
+    counts = x[:, 0]
+    assert bool(((counts >= 0) & (counts <= 100) & (counts == counts.round())).all())
+    assert problem.reference_samples(5000).shape == (5000, 10)
+    assert problem.guide_samples(3).shape == (3, 10)
+
+
+def test_bernoulli_glm_prior_is_sbibms_smoothness_prior():
+    precision = BernoulliGLM().prior().precision_matrix
+    assert float(precision[0, 0]) == 0.5
+    assert bool((precision[0, 1:] == 0).all())
+    # A filter's second differences are penalised: a smooth (linear) filter is likelier
+    # than a jagged one of the same size.
+    prior = BernoulliGLM().prior()
+    smooth = torch.cat([torch.zeros(1), torch.linspace(-1.0, 1.0, 9)])
+    jagged = torch.cat([torch.zeros(1), smooth[1:] * torch.tensor([1.0, -1.0] * 4 + [1.0])])
+    assert float(prior.log_prob(smooth)) > float(prior.log_prob(jagged))
+
+
+def test_sir_simulator_matches_sbibms_reference_posterior():
+    # The explicit likelihood of the re-implemented ODE and survey on a grid of log rates
+    # gives a posterior whose moments are the reference samples' (which sbibm drew with
+    # its own solver): a check of the simulator itself. Tolerance: 0.1 reference sds, 5%.
+    problem = SIR()
+    reference = problem.reference_samples(5000).double()
+    log_beta = torch.linspace(math.log(0.58), math.log(0.69), 80, dtype=torch.float64)
+    log_gamma = torch.linspace(math.log(0.12), math.log(0.22), 80, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(log_beta, log_gamma, indexing="ij"), -1).reshape(-1, 2)
+    rates = grid.exp()
+    # The density of the log rates: likelihood, prior and the exp map's Jacobian.
+    log_post = problem.log_likelihood(rates) + problem.prior().log_prob(rates) + grid.sum(-1)
+    weight = (log_post - log_post.logsumexp(0)).exp().unsqueeze(-1)
+    square = weight.reshape(80, 80)
+    assert float(square[[0, -1]].sum() + square[:, [0, -1]].sum()) < 1e-4  # the grid holds it
+    mean = (weight * rates).sum(0)
+    sd = ((weight * (rates - mean) ** 2).sum(0)).sqrt()
+    ref_sd = reference.std(0)
+    assert bool(((mean - reference.mean(0)).abs() < 0.1 * ref_sd).all()), (mean, reference.mean(0))
+    assert bool(((sd / ref_sd - 1).abs() < 0.05).all()), (sd, ref_sd)
+
+
+def test_sir_simulator_shapes_and_runge_kutta_accuracy():
+    problem = SIR()
+    rates = problem.prior().sample(torch.Size([7]))
+    x = problem.simulate(rates)
+    assert x.shape == (7, 10)
+    assert bool(((x >= 0) & (x <= 1000) & (x == x.round())).all())
+    probe = torch.tensor([[0.63, 0.17], [1.5, 0.1]])
+    coarse, fine = infected_curve(probe), infected_curve(probe, steps_per_day=40)
+    assert coarse.shape == (2, 161)
+    assert float(((coarse - fine).abs().amax(-1) / fine.amax(-1)).max()) < 1e-3
+    assert problem.guide_samples(3).shape == (3, 2)
+
+
+@pytest.mark.parametrize(
+    "task, kwargs, match",
+    [
+        (BernoulliGLM, {"data": torch.zeros(9)}, r"Expected data of shape \(10,\)"),
+        (BernoulliGLM, {"spikes": torch.zeros(99)}, r"spike train of shape \(100,\)"),
+        (SIR, {"data": torch.zeros(2, 10)}, r"Expected data of shape \(10,\)"),
+        (SIR, {"steps_per_day": 0}, r"Expected steps_per_day >= 1, actual 0"),
+    ],
+)
+def test_held_out_tasks_reject_bad_arguments(task, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        task(**kwargs)
+
+
+# Tasks nobody tuned LFVI on: their figures were first measured with the defaults as they
+# were (benchmarks/c2st.py --task bernoulli_glm --check, --task sir --check): bernoulli_glm
+# C2ST 0.541 / 0.545 / 0.548, means within 0.30 reference sds, sds 1.01-1.12x; sir 0.580 /
+# 0.598 / 0.593, means within 0.25 sds, sds 1.05-1.21x; no warning. Targets from the issue
+# "Posteriors you can trust on real simulators": C2ST at most 0.70, global means within 0.5
+# reference sd, sds within 0.8-1.25x, and an LFVIWarning exactly when a target is missed.
+@pytest.mark.slow
+@pytest.mark.parametrize("task", [BernoulliGLM, SIR])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_held_out_task_meets_every_target_with_the_defaults(task, seed):
+    pyro.set_rng_seed(seed)
+    problem = task()
+    elbo, caught = fit_and_record_warnings(problem, STEPS)
+    assert STEPS * elbo.num_particles <= 100_000
+    benchmark = _benchmark()
+    draws, reference = problem.guide_samples(5000), problem.reference_samples(5000)
+    score = benchmark.c2st(draws, reference, seed)
+    error, low, high = benchmark.moment_errors(draws, reference)
+    missed = score > 0.70 or error > 0.5 or low < 0.8 or high > 1.25
+    if missed and not caught:
+        pytest.fail(f"C2ST {score:.3f}, mean error {error:.2f}, sds {low:.2f}-{high:.2f}x: silent")
+    assert score <= 0.70, score
+    assert error <= 0.5, error
+    assert 0.8 <= low and high <= 1.25, (low, high)
+    assert not caught, [str(w.message) for w in caught]
