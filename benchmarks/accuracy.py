@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from collections.abc import Callable
 from types import SimpleNamespace
+from typing import Any
 
 import pyro
 import torch
@@ -50,24 +52,30 @@ MODELS = {
 }
 
 
-def run(
+def fit_example(
     name: str,
     seed: int,
-    estimator: str | None,
-    summary: bool,
+    estimator: str | None = None,
+    summary: bool = False,
     steps: int | None = None,
     final_lr: float | None = None,
     mean_field: bool = False,
-    width: int | None = 60,
-) -> tuple[dict, float, list, float | None]:
+    check: bool = True,
+) -> tuple[Any, Callable[..., None], LFVI, list[str], float]:
+    """
+    Fit example ``name`` at seed ``seed`` with the budgets of ``MODELS`` (or
+    ``steps`` and ``final_lr``), with its structured guide where it has one
+    (unless ``mean_field``), recording every ``LFVIWarning``.
+
+    :returns: the problem, the guide fitted, the LFVI instance, the warnings'
+        messages, and the wall time in seconds.
+    """
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     cls, default_steps, lr, default_final_lr = MODELS[name]
-    steps = steps or default_steps
-    final_lr = final_lr or default_final_lr
     start = time.perf_counter()
     problem = cls()
-    kwargs = {"estimator": estimator}
+    kwargs: dict[str, Any] = {"estimator": estimator}
     if summary and isinstance(problem, HierarchicalNormal):
         kwargs["summary"] = problem.summary
     # Hierarchical examples with a structured guide (locals that move with the
@@ -78,15 +86,40 @@ def run(
     fitting = SimpleNamespace(model=problem.model, guide=guide, data=problem.data)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LFVIWarning)
-        elbo = train(fitting, steps, lr=lr, final_lr=final_lr, elbo=LFVI(**kwargs))
-    raised = [str(w.message)[:width] for w in caught if issubclass(w.category, LFVIWarning)]
-    if not structured:
-        fitted = problem.fitted()
-    else:
-        fitted = problem.guide_moments(guide)
-    errors = standardized_errors(fitted, problem.exact())
+        elbo = train(
+            fitting,
+            steps or default_steps,
+            lr=lr,
+            final_lr=final_lr or default_final_lr,
+            elbo=LFVI(**kwargs),
+            check=check,
+        )
+    raised = [str(w.message) for w in caught if issubclass(w.category, LFVIWarning)]
+    return problem, guide, elbo, raised, time.perf_counter() - start
+
+
+def guide_errors(problem: Any, guide: Callable[..., None]) -> dict[str, dict[str, float]]:
+    """The fitted guide's errors against the exact posterior (``standardized_errors``)."""
+    structured = getattr(problem, "structured_guide", None)
+    fitted = problem.guide_moments(guide) if guide == structured else problem.fitted()
+    return standardized_errors(fitted, problem.exact())
+
+
+def run(
+    name: str,
+    seed: int,
+    estimator: str | None,
+    summary: bool,
+    steps: int | None = None,
+    final_lr: float | None = None,
+    mean_field: bool = False,
+    width: int | None = 60,
+) -> tuple[dict, float, list, float | None]:
+    problem, guide, elbo, raised, seconds = fit_example(
+        name, seed, estimator, summary, steps, final_lr, mean_field
+    )
     jitter = elbo.monitor.final_jitter if elbo.monitor is not None else None
-    return errors, time.perf_counter() - start, raised, jitter
+    return guide_errors(problem, guide), seconds, [m[:width] for m in raised], jitter
 
 
 def main() -> None:

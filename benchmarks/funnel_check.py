@@ -1,7 +1,7 @@
 """The guide's family check with and without the funnel's share, on one fit.
 
-Fits an example as ``benchmarks/accuracy.py`` does (its budgets, ``check=False``), prints the
-guide's errors against the exact posterior, then runs
+Fits an example with ``fit_example`` of ``benchmarks/accuracy.py`` (its budgets,
+``check=False``), prints the guide's errors against the exact posterior, then runs
 :func:`pyro_lfvi.check_stationarity` twice on the same fit: with the locals' full share of the
 globals' curvature (Schur's complement and the funnel) and with Schur's complement alone.
 ``--guide means-only`` is the examples' structured guide with the locals' sds left
@@ -15,18 +15,15 @@ for. Figures: README, "Funnels".
 from __future__ import annotations
 
 import argparse
-import warnings
-from types import SimpleNamespace
 
 import pyro
 import torch
-from accuracy import MODELS
-from fitting import standardized_errors, train
+from accuracy import fit_example, guide_errors
 
 import pyro_lfvi.examples.series as series
 import pyro_lfvi.examples.sir as sir
 import pyro_lfvi.stationarity as stationarity
-from pyro_lfvi import LFVI, check_stationarity
+from pyro_lfvi import check_stationarity
 from pyro_lfvi.examples import structured
 
 
@@ -47,34 +44,29 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.guide == "means-only":
         series.coupled_locals = sir.coupled_locals = means_only
-    pyro.clear_param_store()
-    pyro.set_rng_seed(args.seed)
-    cls, steps, lr, final_lr = MODELS[args.model]
-    problem = cls()
-    guide = problem.guide if args.guide == "mean-field" else problem.structured_guide
-    fitting = SimpleNamespace(model=problem.model, guide=guide, data=problem.data)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        elbo = train(fitting, steps, lr=lr, final_lr=final_lr, elbo=LFVI(), check=False)
-    fitted = problem.fitted() if args.guide == "mean-field" else problem.guide_moments(guide)
+    problem, guide, elbo, _, _ = fit_example(
+        args.model, args.seed, mean_field=args.guide == "mean-field", check=False
+    )
     print(f"{args.model}, seed {args.seed}, {args.guide} guide; against the exact posterior:")
-    for site, e in standardized_errors(fitted, problem.exact()).items():
+    for site, e in guide_errors(problem, guide).items():
         print(
             f"  {site:<10} mean error {e['mean_error_sd']:+.3f} sds, sd ratio {e['sd_ratio']:.3f}"
         )
     full = stationarity.local_schur
-    for label in ["with the funnel's share", "Schur's complement alone"]:
-        if label != "with the funnel's share":
-            stationarity.local_schur = lambda s, m, w, f=None: full(s, m, w)  # type: ignore
-        result = check_stationarity(elbo, problem.model, guide, problem.data, warn=False)
-        print(f"the check's guide sd over the marginal sd, {label}:")
-        for name, s in result.items():
-            if "[" not in name:
-                print(
-                    f"  {name:<10} {s.marginal_sd_factor:.3f} +- {s.marginal_stderr:.3f}"
-                    f"  warns: {s.marginal_failed}"
-                )
-    stationarity.local_schur = full
+    try:
+        for label in ["with the funnel's share", "Schur's complement alone"]:
+            if label != "with the funnel's share":
+                stationarity.local_schur = lambda s, m, w, f=None: full(s, m, w)  # type: ignore
+            result = check_stationarity(elbo, problem.model, guide, problem.data, warn=False)
+            print(f"the check's guide sd over the marginal sd, {label}:")
+            for name, s in result.items():
+                if "[" not in name:
+                    print(
+                        f"  {name:<10} {s.marginal_sd_factor:.3f} +- {s.marginal_stderr:.3f}"
+                        f"  warns: {s.marginal_failed}"
+                    )
+    finally:
+        stationarity.local_schur = full
 
 
 if __name__ == "__main__":
