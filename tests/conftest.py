@@ -1,6 +1,18 @@
+import os
+
 import pyro
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    """One intra-op thread for torch, here and in the processes tests start
+    (notebook kernels, executors): the suite's tensors are small, so threads
+    cost more than they save, and the default run then computes as the slow
+    run (``OMP_NUM_THREADS=1``) does. A value the user set is kept."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
