@@ -41,7 +41,7 @@ from pyro.distributions import constraints
 from pyro.distributions.transforms import ExpTransform
 
 from ..implicit import ImplicitSite
-from .sbibm import load_reference_samples
+from .sbibm import ReferenceTask
 
 __all__ = ["SIR", "infected_curve"]
 
@@ -89,7 +89,7 @@ def infected_curve(rates: torch.Tensor, steps_per_day: int = 4) -> torch.Tensor:
 
 
 @dataclass
-class SIR:
+class SIR(ReferenceTask):
     r"""
     sbibm's ``sir`` task: :math:`\beta \sim \mathrm{LogNormal}(\log 0.4, 0.5)`,
     :math:`\gamma \sim \mathrm{LogNormal}(\log 0.125, 0.2)`, and ten survey
@@ -174,12 +174,3 @@ class SIR:
         return dist.TransformedDistribution(
             dist.MultivariateNormal(loc, scale_tril=scale_tril), [ExpTransform()]
         )
-
-    def guide_samples(self, num: int) -> torch.Tensor:
-        """``(num, 2)`` draws of the fitted guide."""
-        with torch.no_grad():
-            return self.guide_distribution().sample(torch.Size([num]))
-
-    def reference_samples(self, num: int) -> torch.Tensor:
-        """The first ``num`` (at most 5,000) of sbibm's reference posterior samples."""
-        return load_reference_samples(self.reference_file, num)

@@ -35,7 +35,7 @@ import torch
 from pyro.distributions import constraints
 
 from ..implicit import ImplicitSite
-from .sbibm import load_reference_samples
+from .sbibm import ReferenceTask
 
 __all__ = ["BernoulliGLM", "design_matrix", "smoothness_precision"]
 
@@ -93,7 +93,7 @@ def smoothness_precision(taps: int = 9) -> torch.Tensor:
 
 
 @dataclass
-class BernoulliGLM:
+class BernoulliGLM(ReferenceTask):
     r"""
     sbibm's ``bernoulli_glm`` task: :math:`\theta \sim N(0, B^{-1})` with
     :math:`B` = :func:`~pyro_lfvi.examples.glm.smoothness_precision`, spikes
@@ -181,12 +181,3 @@ class BernoulliGLM:
             constraint=constraints.lower_cholesky,
         )
         return dist.MultivariateNormal(loc, scale_tril=scale_tril)
-
-    def guide_samples(self, num: int) -> torch.Tensor:
-        """``(num, 10)`` draws of the fitted guide."""
-        with torch.no_grad():
-            return self.guide_distribution().sample(torch.Size([num]))
-
-    def reference_samples(self, num: int) -> torch.Tensor:
-        """The first ``num`` (at most 5,000) of sbibm's reference posterior samples."""
-        return load_reference_samples(self.reference_file, num)

@@ -41,7 +41,7 @@ from torch.distributions import biject_to
 
 from ..implicit import ImplicitSite
 
-__all__ = ["SLCP", "Mirrored", "TwoMoons", "load_reference_samples"]
+__all__ = ["SLCP", "Mirrored", "ReferenceTask", "TwoMoons", "load_reference_samples"]
 
 # sbibm 1.1.0, task two_moons, files/num_observation_1/observation.csv.
 TWO_MOONS_OBSERVATION_1 = (-0.6396706, 0.16234657)
@@ -117,8 +117,30 @@ class Mirrored(dist.TorchDistribution):
         return self.base.log_prob(images).logsumexp(0) - math.log(len(self.maps))
 
 
+class ReferenceTask:
+    """
+    What every sbibm task with shipped reference samples offers benchmark
+    scripts, given its ``reference_file`` and ``guide_distribution()``.
+    """
+
+    reference_file: ClassVar[str]
+
+    def guide_distribution(self) -> dist.TorchDistribution:
+        """The guide's distribution of the flat parameter vector."""
+        raise NotImplementedError
+
+    def guide_samples(self, num: int) -> torch.Tensor:
+        """``(num, dim)`` draws of the fitted guide."""
+        with torch.no_grad():
+            return self.guide_distribution().sample(torch.Size([num]))
+
+    def reference_samples(self, num: int) -> torch.Tensor:
+        """The first ``num`` (at most 5,000) of sbibm's reference posterior samples."""
+        return load_reference_samples(self.reference_file, num)
+
+
 @dataclass
-class _FlowTask:
+class _FlowTask(ReferenceTask):
     """
     Shared parts of the sbibm tasks: a uniform prior on a box, the model, and
     a spline-coupling flow guide in the unconstrained space of that box.
@@ -128,7 +150,6 @@ class _FlowTask:
     dim: ClassVar[int]
     data_dim: ClassVar[int]
     bound: ClassVar[float]
-    reference_file: ClassVar[str]
 
     data: torch.Tensor
     num_transforms: int = 4
@@ -187,15 +208,6 @@ class _FlowTask:
 
     def guide(self, data: torch.Tensor) -> None:
         pyro.sample("theta", self.guide_distribution())
-
-    def guide_samples(self, num: int) -> torch.Tensor:
-        """``(num, dim)`` draws of the fitted guide."""
-        with torch.no_grad():
-            return self.guide_distribution().sample(torch.Size([num]))
-
-    def reference_samples(self, num: int) -> torch.Tensor:
-        """The first ``num`` (at most 5,000) of sbibm's reference posterior samples."""
-        return load_reference_samples(self.reference_file, num)
 
 
 @dataclass
