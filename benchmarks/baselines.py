@@ -71,13 +71,13 @@ from typing import Any
 import numpy as np
 import pyro
 import torch
-from c2st import c2st
+from c2st import TASKS, c2st
 from fitting import standardized_errors, train
 from torch.distributions import Distribution, constraints
 
 from pyro_lfvi import LFVI
 from pyro_lfvi.elbo import SINGLE_OBSERVATION_PARTICLES
-from pyro_lfvi.examples import SIR, BernoulliGLM, GaussianLinear, LocalSeries
+from pyro_lfvi.examples import LocalSeries
 
 NUM_SAMPLES = 5000
 LFVI_SIMULATIONS_PER_STEP = SINGLE_OBSERVATION_PARTICLES  # LFVI's default with one observation
@@ -100,16 +100,7 @@ class Result:
 
 def make_task(name: str) -> Any:
     """A task object with ``prior()``, ``simulate``, ``data`` and ``reference_samples``."""
-    if name == "gaussian_linear":
-        return GaussianLinear()
-    if name == "bernoulli_glm":
-        return BernoulliGLM()
-    if name == "sir":
-        return SIR()
-    from pyro_lfvi.examples import sbibm
-
-    classes = {"two_moons": "TwoMoons", "slcp": "SLCP"}
-    return getattr(sbibm, classes[name])()
+    return TASKS[name]()
 
 
 def task_prior(task: Any) -> Distribution:

@@ -179,12 +179,12 @@ def test_bernoulli_glm_observation_is_its_spike_trains_sufficient_statistics():
 
 
 def test_bernoulli_glm_prior_is_sbibms_smoothness_prior():
-    precision = BernoulliGLM().prior().precision_matrix
+    prior = BernoulliGLM().prior()
+    precision = prior.precision_matrix
     assert float(precision[0, 0]) == 0.5
     assert bool((precision[0, 1:] == 0).all())
     # A filter's second differences are penalised: a smooth (linear) filter is likelier
     # than a jagged one of the same size.
-    prior = BernoulliGLM().prior()
     smooth = torch.cat([torch.zeros(1), torch.linspace(-1.0, 1.0, 9)])
     jagged = torch.cat([torch.zeros(1), smooth[1:] * torch.tensor([1.0, -1.0] * 4 + [1.0])])
     assert float(prior.log_prob(smooth)) > float(prior.log_prob(jagged))
