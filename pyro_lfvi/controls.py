@@ -47,7 +47,7 @@ class StepObjectives:
     prior_loss: torch.Tensor = field(default_factory=_zero)
     generator_loss: torch.Tensor = field(default_factory=_zero)
     stats: dict[str, float] = field(default_factory=dict)
-    global_summary: tuple[list[float], list[float]] = ([], [])
+    global_summary: tuple[list[float], ...] = ()
     model_params: list[str] = field(default_factory=list)
 
 

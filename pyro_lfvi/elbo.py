@@ -19,7 +19,7 @@ from .antithetic import AntitheticMessenger
 from .compat import ELBOModule
 from .contrastive import ContrastiveRatioEstimator
 from .controls import StepObjectives, TrainingControls
-from .diagnostics import TrainingMonitor, pair_checks
+from .diagnostics import TrainingMonitor, global_variances, pair_checks
 from .discriminator import Summary
 from .errors import LFVIWarning, ModelStructureError
 from .handlers import name_implicit_sites
@@ -762,14 +762,15 @@ class LFVI(TrainingControls, ELBO):
                 out.generator_loss = out.generator_loss + kl / len(pairs)
             # Diagnostics draw on a forked random stream: on or off, the fit is the same.
             with torch.no_grad(), torch.random.fork_rng():
-                pair_stats.update(pair_checks(pair))
+                variances = global_variances(pair)
+                pair_stats.update(pair_checks(pair, variances))
+                if pair is pairs[0] and self.monitor is not None:
+                    out.global_summary = self._global_summary(pair) + variances
                 for key, value in pair_stats.items():
                     stats[key] = stats.get(key, 0.0) + value / len(pairs)
                 if self.debug_model is not None and pair is pairs[0]:
                     stats.update(self._debug(log_ratio, pair, args, kwargs))
         out.stats = stats
-        if self.monitor is not None:
-            out.global_summary = self._global_summary(pairs[0])
         return out
 
     @torch.no_grad()

@@ -9,7 +9,7 @@ import torch
 from fitting import standardized_errors, train
 
 from pyro_lfvi import LFVI, LFVIWarning, TrainingMonitor
-from pyro_lfvi.convergence import JITTER_SDS, jitter, largest_move
+from pyro_lfvi.convergence import JITTER_SDS, jitter, largest_move, pooled_sds
 from pyro_lfvi.examples.series import PooledSeries
 
 ENTRY = {"elbo": 0.0, "discriminator_loss": 0.6, "discriminator_accuracy": 0.7}
@@ -60,6 +60,21 @@ def test_a_guide_wandering_by_half_a_sd_is_caught(seed):
     # 0.6-0.85 exact sds over its last 500 steps.
     (value,) = jitter(wander(0.6, 20, seed), [[1.0]] * 200)
     assert value > JITTER_SDS
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_two_particles_spreads_are_pooled_not_averaged(seed):
+    # Two particles a step: each step's sd has one degree of freedom and averages
+    # 0.80 of the guide's sd (sqrt(2 / pi)); the jitter's and the move's unit
+    # must not shrink by that much.
+    gen = torch.Generator().manual_seed(seed)
+    spread = [[float(torch.randn(2, generator=gen).std())] for _ in range(4000)]
+    assert pooled_sds(spread)[0] == pytest.approx(1.0, abs=0.05)
+    assert sum(s[0] for s in spread) / 4000 == pytest.approx(math.sqrt(2 / math.pi), abs=0.05)
+    rows = wander(0.4, 20, seed, steps=2000, particles=2)
+    (honest,) = jitter(rows, spread[:2000])
+    (exact,) = jitter(rows, [[1.0]] * 2000)
+    assert honest == pytest.approx(exact, rel=0.15)
 
 
 def test_point_masses_and_short_windows_are_not_measured():

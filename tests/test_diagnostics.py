@@ -315,3 +315,55 @@ def test_a_global_guide_wider_than_its_prior_warns(ratio, warns):
         feed(monitor, 40, entry=entry)
     messages = [str(w.message) for w in caught if w.category is LFVIWarning]
     assert any("as wide as its prior (unconstrained" in m for m in messages) is warns, messages
+
+
+@pytest.mark.parametrize(
+    "width, accuracy, expected",
+    [
+        (0.3, 0.7, set()),  # a healthy posterior
+        (0.9, 0.7, set()),  # per-step largest ratio about 1.7: it used to warn "wide"
+        (1.0, 0.5, {"at_prior"}),  # per-step smallest ratio about 0.1: it used to stay silent
+        (2.0, 0.7, {"wide_globals"}),
+    ],
+)
+def test_global_spread_checks_pool_two_particles_over_the_window(width, accuracy, expected):
+    # Ten global components, two particles a step: each step's spread of a
+    # component is one degree of freedom, and the largest (smallest) of ten
+    # such ratios is biased high (low). Pooled over the window they are not.
+    monitor = TrainingMonitor(window=50)
+    monitor.joint = False
+    gen = torch.Generator().manual_seed(0)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always", LFVIWarning)
+        for step in range(200):
+            guide_var = (width * torch.randn(2, 10, generator=gen)).var(0)
+            prior_var = torch.randn(64, 10, generator=gen).var(0)
+            spreads = (guide_var / prior_var).sqrt()
+            entry = {
+                "elbo": 0.0,
+                "discriminator_loss": 0.6,
+                "discriminator_accuracy": accuracy,
+                "prior_sd_ratio": float(spreads.min()),
+                "wide_global_ratio": float(spreads.max()),
+            }
+            monitor.update(step, entry, [], [], guide_var.tolist(), prior_var.tolist())
+    assert monitor.warned & {"at_prior", "wide_globals"} == expected
+
+
+def test_lfvi_gives_the_monitor_the_globals_variances_and_a_checkpoint_keeps_them():
+    problem = ConjugateNormal()
+    elbo = LFVI(num_particles=2)
+    svi = pyro.infer.SVI(problem.model, problem.guide, pyro.optim.Adam({"lr": 0.01}), elbo)
+    for _ in range(5):
+        svi.step(problem.data)
+    state = elbo.monitor.state_dict()
+    assert [len(v) for v in state["guide_var"]] == [1] * 5  # one global, mu
+    assert all(v[0] > 0 for v in state["prior_var"])
+    resumed = TrainingMonitor()
+    older = {k: v for k, v in state.items() if k not in ("guide_var", "prior_var")}
+    resumed.load_state_dict(older)  # a state saved before the variances were kept
+    assert resumed.state_dict()["guide_var"] == []
+    resumed.load_state_dict(state)
+    assert resumed.state_dict() == state
+    with pytest.raises(ValueError, match="Expected a TrainingMonitor state of plain numbers"):
+        resumed.load_state_dict(dict(state, guide_var=[["wide"]]))
