@@ -27,6 +27,7 @@ warns when, over a whole window (see :func:`pair_checks` for the figures),
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import warnings
@@ -50,7 +51,13 @@ if TYPE_CHECKING:  # torch and the pairing are imported when first needed
     from .compat import Site
     from .pairing import PairedJoints
 
-__all__ = ["TrainingMonitor", "discriminator_accuracy", "global_variances", "pair_checks"]
+__all__ = [
+    "TrainingMonitor",
+    "chi2_median_ratio",
+    "discriminator_accuracy",
+    "global_variances",
+    "pair_checks",
+]
 
 CHECKS = (
     "nonfinite_fraction",
@@ -103,6 +110,25 @@ def _unconstrained_draws(
     return transform.inv(value), prior
 
 
+@functools.cache
+def chi2_median_ratio(dof: int) -> float:
+    r"""
+    The median of :math:`\chi^2_k / k` for ``k = dof``: that of a variance
+    from ``dof + 1`` normal draws, in units of the true variance (0.455 for
+    two draws, 0.907 for eight). Dividing a median of such variances by it
+    removes the bias that few particles give it.
+    """
+    import torch
+
+    shape = torch.tensor(dof / 2, dtype=torch.float64)
+    low, high = 0.0, 10.0 * dof + 10.0
+    for _ in range(60):  # bisection on the regularised incomplete gamma function
+        mid = 0.5 * (low + high)
+        cdf = float(torch.special.gammainc(shape, torch.tensor(mid / 2, dtype=torch.float64)))
+        low, high = (mid, high) if cdf < 0.5 else (low, mid)
+    return 0.5 * (low + high) / dof
+
+
 def global_variances(pair: PairedJoints) -> tuple[list[float], list[float]]:
     """
     Per component of the guide's global latents, unconstrained: the variance
@@ -145,10 +171,11 @@ def pair_checks(
       stays near ``2 / (S + 1)`` for ``S`` exchangeable simulations; per
       value rather than per point, so that a long series is not flagged for
       one day that happens to beat every simulation;
-    * ``local_sd_ratio``: the median over data points of the spread of the
-      guide's local draws over the particles, divided by that of the local
-      prior at the guide's globals; above 1 the local posteriors are wider
-      than their prior;
+    * ``local_sd_ratio``: the square root of the median over data points of
+      the variance of the guide's local draws over the particles, divided by
+      that of the local prior at the guide's globals, and by
+      :func:`chi2_median_ratio` (few particles bias a median of variances
+      low); above 1 the local posteriors are wider than their prior;
     * ``prior_sd_ratio``: the smallest, over global latents, spread of the
       guide's draws divided by the prior's (unconstrained); near 1 the guide
       has learned nothing from the data;
@@ -183,11 +210,12 @@ def pair_checks(
         except NotImplementedError:
             continue
         prior = torch.stack([_to_rows(d, site["fn"], site, pair.lead) for d in draws])
-        q_sd = rows.detach().std(0)
-        p_sd = prior.flatten(0, 1).std(0).clamp_min(1e-12)
-        ratios.append((q_sd / p_sd).flatten())
+        q_var = rows.detach().var(0)
+        p_var = prior.flatten(0, 1).var(0).clamp_min(1e-24)
+        ratios.append((q_var / p_var).flatten())
     if ratios:
-        out["local_sd_ratio"] = float(torch.cat(ratios).median())
+        median = float(torch.cat(ratios).median()) / chi2_median_ratio(pair.num_particles - 1)
+        out["local_sd_ratio"] = median**0.5
     guide_var, prior_var = global_variances(pair) if variances is None else variances
     if guide_var:
         spreads = [(g / max(p, 1e-24)) ** 0.5 for g, p in zip(guide_var, prior_var, strict=True)]

@@ -367,3 +367,30 @@ def test_lfvi_gives_the_monitor_the_globals_variances_and_a_checkpoint_keeps_the
     assert resumed.state_dict() == state
     with pytest.raises(ValueError, match="Expected a TrainingMonitor state of plain numbers"):
         resumed.load_state_dict(dict(state, guide_var=[["wide"]]))
+
+
+@pytest.mark.parametrize("particles", [2, 8])
+@pytest.mark.parametrize("width", [0.5, 1.5])
+def test_local_spread_ratio_is_unbiased_with_few_particles(particles, width):
+    # 2,000 locals with prior N(0, 1) and a guide N(0, width): one step's figure
+    # is a median over the locals of variances from `particles` draws, which is
+    # 0.45 of the truth with two draws before the chi-square correction.
+    from pyro_lfvi.diagnostics import pair_checks
+    from pyro_lfvi.pairing import pair_joints
+
+    data = torch.zeros(2000)
+
+    def model(data):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(data)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", ImplicitSite(lambda m: m + torch.randn_like(m), mu + z), obs=data)
+
+    def guide(data):
+        pyro.sample("mu", dist.Normal(0.0, 0.1))
+        with pyro.plate("data", len(data)):
+            pyro.sample("z", dist.Normal(0.0, width))
+
+    plate = pyro.plate("particles", particles, dim=-2)
+    pair = pair_joints(plate(model), plate(guide), (data,), {}, "particles", particles, 2.0)
+    assert pair_checks(pair)["local_sd_ratio"] == pytest.approx(width, rel=0.1)
