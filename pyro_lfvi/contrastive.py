@@ -58,7 +58,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .diagnostics import discriminator_accuracy
 from .discriminator import Summary, checked_summary, mlp
 from .embeddings import PointShape, default_embedding
 from .errors import DiscriminatorError, SimulatorError
@@ -71,6 +70,7 @@ from .ratio import (
     register_network,
     stored_module,
 )
+from .step_checks import discriminator_accuracy
 from .validation import check_nonnegative_int, check_positive_int, check_sizes
 
 __all__ = ["ContrastiveNetwork", "ContrastiveRatioEstimator", "squash", "zero_nonfinite"]

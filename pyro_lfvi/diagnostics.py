@@ -13,7 +13,7 @@ and in plain words, when
   nothing but its prior.
 
 These two concern the paper's joint classifier. For every estimator it also
-warns when, over a whole window (see :func:`pair_checks` for the figures),
+warns when, over a whole window (see :func:`~pyro_lfvi.step_checks.pair_checks` for the figures),
 
 * simulations often return NaN or inf (they are dropped from training);
 * from the second window on, observed values lie outside the range of the
@@ -27,7 +27,6 @@ warns when, over a whole window (see :func:`pair_checks` for the figures),
 
 from __future__ import annotations
 
-import functools
 import math
 import statistics
 import warnings
@@ -46,18 +45,9 @@ from .errors import LFVIWarning
 from .validation import check_positive_int, check_positive_number
 
 if TYPE_CHECKING:  # torch and the pairing are imported when first needed
-    import torch
+    pass
 
-    from .compat import Site
-    from .pairing import PairedJoints
-
-__all__ = [
-    "TrainingMonitor",
-    "chi2_median_ratio",
-    "discriminator_accuracy",
-    "global_variances",
-    "pair_checks",
-]
+__all__ = ["TrainingMonitor"]
 
 CHECKS = (
     "nonfinite_fraction",
@@ -66,10 +56,9 @@ CHECKS = (
     "prior_sd_ratio",
     "wide_global_ratio",
 )
-"""The per-step figures of :func:`pair_checks` (and the estimator) that the monitor watches."""
+"""The per-step figures of :func:`~pyro_lfvi.step_checks.pair_checks` (and of
+the estimator) that the monitor watches."""
 
-CHECK_DRAWS = 8
-"""Prior draws per step for the spread checks of :func:`pair_checks`."""
 
 WIDE_GLOBALS = 1.5
 """A global's guide this many times as wide as its prior (unconstrained) warns."""
@@ -80,148 +69,6 @@ joint from shuffled simulations no better than chance: only then does a guide
 as wide as its prior mean that it found no dependence of the data on the
 globals. (The data may leave a posterior as wide as the prior: sbibm's
 two_moons, whose classifier reaches 0.77.)"""
-
-
-def discriminator_accuracy(
-    logits_p: Sequence[float] | object, logits_q: Sequence[float] | object
-) -> float:
-    """Balanced accuracy of the classifier, counting a zero logit as half right."""
-    import torch
-
-    p = torch.as_tensor(logits_p)
-    q = torch.as_tensor(logits_q)
-    right_p = (p > 0).float() + 0.5 * (p == 0).float()
-    right_q = (q < 0).float() + 0.5 * (q == 0).float()
-    return float(0.5 * (right_p.mean() + right_q.mean()))
-
-
-def _unconstrained_draws(
-    site: Site, value: torch.Tensor, draws: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The guide's value and ``draws`` prior draws, unconstrained."""
-    import torch
-    from torch.distributions import biject_to
-
-    from .roles import dist_of
-
-    fn = dist_of(site)
-    transform = biject_to(fn.support)
-    prior = transform.inv(fn.sample(torch.Size([draws])))
-    return transform.inv(value), prior
-
-
-@functools.cache
-def chi2_median_ratio(dof: int) -> float:
-    r"""
-    The median of :math:`\chi^2_k / k` for ``k = dof``: that of a variance
-    from ``dof + 1`` normal draws, in units of the true variance (0.455 for
-    two draws, 0.907 for eight). Dividing a median of such variances by it
-    removes the bias that few particles give it.
-    """
-    import torch
-
-    shape = torch.tensor(dof / 2, dtype=torch.float64)
-    low, high = 0.0, 10.0 * dof + 10.0
-    for _ in range(60):  # bisection on the regularised incomplete gamma function
-        mid = 0.5 * (low + high)
-        cdf = float(torch.special.gammainc(shape, torch.tensor(mid / 2, dtype=torch.float64)))
-        low, high = (mid, high) if cdf < 0.5 else (low, mid)
-    return 0.5 * (low + high) / dof
-
-
-def global_variances(pair: PairedJoints) -> tuple[list[float], list[float]]:
-    """
-    Per component of the guide's global latents, unconstrained: the variance
-    of its draws over the particles and that of ``4 * CHECK_DRAWS`` prior draws
-    per particle (empty lists with fewer than two particles).
-
-    With few particles one step's variance is a rough estimate; the monitor
-    pools them over its window before it takes ratios of spreads.
-    """
-    from .roles import value_of
-
-    guide_var: list[float] = []
-    prior_var: list[float] = []
-    if pair.num_particles < 2:
-        return guide_var, prior_var
-    for name in pair.roles.global_:
-        site = pair.q_trace.nodes[name]
-        try:
-            value, prior = _unconstrained_draws(site, value_of(site).detach(), 4 * CHECK_DRAWS)
-        except NotImplementedError:
-            continue
-        if value.dim() != prior.dim() - 1:
-            continue
-        q_var = value.reshape(pair.num_particles, -1).var(0)
-        p_var = prior.reshape(prior.shape[0] * pair.num_particles, -1).var(0)
-        guide_var += q_var.tolist()
-        prior_var += p_var.tolist()
-    return guide_var, prior_var
-
-
-def pair_checks(
-    pair: PairedJoints, variances: tuple[list[float], list[float]] | None = None
-) -> dict[str, float]:
-    """
-    Per-step checks of one pairing, whatever the ratio estimator:
-
-    * ``ppc_outside``: the fraction of observed values (data points times
-      features) outside the range of this step's simulations, widened by 10%:
-      a posterior predictive check. When the model can produce the data it
-      stays near ``2 / (S + 1)`` for ``S`` exchangeable simulations; per
-      value rather than per point, so that a long series is not flagged for
-      one day that happens to beat every simulation;
-    * ``local_sd_ratio``: the square root of the median over data points of
-      the variance of the guide's local draws over the particles, divided by
-      that of the local prior at the guide's globals, and by
-      :func:`chi2_median_ratio` (few particles bias a median of variances
-      low); above 1 the local posteriors are wider than their prior;
-    * ``prior_sd_ratio``: the smallest, over global latents, spread of the
-      guide's draws divided by the prior's (unconstrained); near 1 the guide
-      has learned nothing from the data;
-    * ``wide_global_ratio``: the largest such ratio; well above 1 the guide is
-      wider than the prior, which data cannot make a posterior.
-
-    :param PairedJoints pair: one step's pairing.
-    :param tuple variances: :func:`~pyro_lfvi.diagnostics.global_variances`
-        of ``pair``, if already computed (they are drawn when not).
-    """
-    import torch
-
-    from .pairing import _to_rows
-    from .roles import dist_of
-
-    out: dict[str, float] = {}
-    sims = torch.cat(list(pair.p_observed.values()), -1).flatten(0, 1).detach()
-    sims = sims[sims.isfinite().all(-1)]
-    obs = torch.cat(list(pair.q_observed.values()), -1)[0].detach()
-    if sims.shape[0] >= 20:
-        low, high = sims.min(0).values, sims.max(0).values
-        pad = 0.1 * (high - low)
-        outside = (obs < low - pad) | (obs > high + pad)
-        out["ppc_outside"] = float(outside.float().mean())
-    if pair.num_particles < 2:
-        return out
-    ratios = []
-    for name, rows in pair.q_local.items():
-        site = pair.q_trace.nodes[name]
-        try:
-            draws = dist_of(site).sample(torch.Size([CHECK_DRAWS]))
-        except NotImplementedError:
-            continue
-        prior = torch.stack([_to_rows(d, site["fn"], site, pair.lead) for d in draws])
-        q_var = rows.detach().var(0)
-        p_var = prior.flatten(0, 1).var(0).clamp_min(1e-24)
-        ratios.append((q_var / p_var).flatten())
-    if ratios:
-        median = float(torch.cat(ratios).median()) / chi2_median_ratio(pair.num_particles - 1)
-        out["local_sd_ratio"] = median**0.5
-    guide_var, prior_var = global_variances(pair) if variances is None else variances
-    if guide_var:
-        spreads = [(g / max(p, 1e-24)) ** 0.5 for g, p in zip(guide_var, prior_var, strict=True)]
-        out["prior_sd_ratio"] = min(spreads)
-        out["wide_global_ratio"] = max(spreads)
-    return out
 
 
 _PAIR_RULES: list[tuple[str, float, int, str, Callable[[float, int, int], str]]] = [
@@ -367,7 +214,7 @@ class TrainingMonitor:
         self.final_jitter: float | None = None
         """The largest jitter that :meth:`check_convergence` measured, in sds."""
         self._checks: dict[str, list[float]] = {}
-        # Per step, the variances of :func:`global_variances`, pooled per window.
+        # Per step, the variances of step_checks.global_variances, pooled per window.
         self._guide_var: list[list[float]] = []
         self._prior_var: list[list[float]] = []
         # Steps recorded; the lists above keep only the last one or two windows.
@@ -492,7 +339,7 @@ class TrainingMonitor:
         :param spread: their sd over particles.
         :param guide_var: per component, unconstrained, their variance over
             particles, and ``prior_var`` that of prior draws
-            (:func:`~pyro_lfvi.diagnostics.global_variances`). Pooled over
+            (:func:`~pyro_lfvi.step_checks.global_variances`). Pooled over
             the window, they replace the step's ``wide_global_ratio`` and
             ``prior_sd_ratio``, whose extremes over components are biased
             with few particles.
@@ -550,7 +397,7 @@ class TrainingMonitor:
         return [(g / max(p, 1e-24)) ** 0.5 for g, p in zip(guide, prior, strict=True)]
 
     def _check_pairs(self, step: int) -> None:
-        """The warnings on :func:`pair_checks`' figures, each over a window."""
+        """The warnings on the figures of :func:`~pyro_lfvi.step_checks.pair_checks`."""
         w = self.window
         pooled = self._pooled_ratios()
         for key, threshold, min_steps, kind, advice in _PAIR_RULES:

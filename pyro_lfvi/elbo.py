@@ -19,7 +19,7 @@ from .antithetic import AntitheticMessenger
 from .compat import ELBOModule
 from .contrastive import ContrastiveRatioEstimator
 from .controls import StepObjectives, TrainingControls
-from .diagnostics import TrainingMonitor, global_variances, pair_checks
+from .diagnostics import TrainingMonitor
 from .discriminator import Summary
 from .errors import LFVIWarning, ModelStructureError
 from .handlers import name_implicit_sites
@@ -39,6 +39,7 @@ from .roles import (
     trace_model,
     value_of,
 )
+from .step_checks import global_variances, pair_checks
 from .validation import (
     check_nonnegative_int,
     check_positive_int,

@@ -28,7 +28,6 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from .diagnostics import discriminator_accuracy
 from .discriminator import MLPDiscriminator, Summary, checked_summary, concat_features
 from .pairing import PairedJoints
 from .ratio import (
@@ -40,6 +39,7 @@ from .ratio import (
     stored_module,
 )
 from .ratio_losses import RatioLoss, resolve_ratio_loss
+from .step_checks import discriminator_accuracy
 from .validation import check_sizes
 
 __all__ = ["JointRatioEstimator"]

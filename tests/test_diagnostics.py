@@ -375,8 +375,8 @@ def test_local_spread_ratio_is_unbiased_with_few_particles(particles, width):
     # 2,000 locals with prior N(0, 1) and a guide N(0, width): one step's figure
     # is a median over the locals of variances from `particles` draws, which is
     # 0.45 of the truth with two draws before the chi-square correction.
-    from pyro_lfvi.diagnostics import pair_checks
     from pyro_lfvi.pairing import pair_joints
+    from pyro_lfvi.step_checks import pair_checks
 
     data = torch.zeros(2000)
 
