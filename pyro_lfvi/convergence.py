@@ -46,9 +46,9 @@ __all__ = [
     "POINT_MASS_SD",
     "UNCONVERGED_SDS",
     "column_means",
-    "pooled_sds",
     "jitter",
     "largest_move",
+    "pooled_sds",
     "quarter_means",
 ]
 
@@ -151,9 +151,10 @@ def jitter(
         return [None] * width
     steps = blocks * block
     out: list[float | None] = []
+    sds = pooled_sds(spread[-steps:])
     for j in range(width):
         c = [row[j] for row in centre[-steps:]]
-        sd = math.sqrt(statistics.fmean(row[j] ** 2 for row in spread[-steps:]))
+        sd = sds[j]
         if not _judged(c[-1], sd):
             out.append(None)
             continue

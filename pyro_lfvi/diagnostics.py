@@ -31,7 +31,7 @@ import math
 import statistics
 import warnings
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import Any, TypedDict
 
 from .convergence import (
     JITTER_SDS,
@@ -42,10 +42,8 @@ from .convergence import (
     quarter_means,
 )
 from .errors import LFVIWarning
+from .step_checks import spread_ratios
 from .validation import check_positive_int, check_positive_number
-
-if TYPE_CHECKING:  # torch and the pairing are imported when first needed
-    pass
 
 __all__ = ["TrainingMonitor"]
 
@@ -390,11 +388,11 @@ class TrainingMonitor:
         rows = list(zip(self._guide_var[-w:], self._prior_var[-w:], strict=True))
         width = len(rows[-1][0]) if rows else 0
         rows = [(g, p) for g, p in rows if len(g) == len(p) == width]
-        if width == 0 or len(rows) < self.window // 2:
+        if width == 0 or len(rows) < w // 2:
             return None
         guide = [statistics.fmean(g[j] for g, _ in rows) for j in range(width)]
         prior = [statistics.fmean(p[j] for _, p in rows) for j in range(width)]
-        return [(g / max(p, 1e-24)) ** 0.5 for g, p in zip(guide, prior, strict=True)]
+        return spread_ratios(guide, prior)
 
     def _check_pairs(self, step: int) -> None:
         """The warnings on the figures of :func:`~pyro_lfvi.step_checks.pair_checks`."""

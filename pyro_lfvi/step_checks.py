@@ -29,6 +29,7 @@ __all__ = [
     "discriminator_accuracy",
     "global_variances",
     "pair_checks",
+    "spread_ratios",
 ]
 
 CHECK_DRAWS = 8
@@ -112,6 +113,11 @@ def global_variances(pair: PairedJoints) -> tuple[list[float], list[float]]:
     return guide_var, prior_var
 
 
+def spread_ratios(guide_var: Sequence[float], prior_var: Sequence[float]) -> list[float]:
+    """Per component, the guide's sd over the prior's, from their variances."""
+    return [(g / max(p, 1e-24)) ** 0.5 for g, p in zip(guide_var, prior_var, strict=True)]
+
+
 def pair_checks(
     pair: PairedJoints, variances: tuple[list[float], list[float]] | None = None
 ) -> dict[str, float]:
@@ -171,7 +177,7 @@ def pair_checks(
         out["local_sd_ratio"] = median**0.5
     guide_var, prior_var = global_variances(pair) if variances is None else variances
     if guide_var:
-        spreads = [(g / max(p, 1e-24)) ** 0.5 for g, p in zip(guide_var, prior_var, strict=True)]
+        spreads = spread_ratios(guide_var, prior_var)
         out["prior_sd_ratio"] = min(spreads)
         out["wide_global_ratio"] = max(spreads)
     return out
