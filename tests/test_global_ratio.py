@@ -40,6 +40,7 @@ def test_reference_plus_classifier_recovers_a_non_gaussian_log_prior():
     assert float((estimate - truth).abs().max()) < 0.2, estimate - truth
 
 
+@pytest.mark.slow  # about 40 s
 def test_hidden_normal_prior_on_a_global_reaches_the_exact_posterior():
     # mu ~ Normal(0, 0.5) written as a simulator; N = 20 points, so the prior
     # shrinks the posterior mean by 1.5 posterior sds: ignoring it would fail.

@@ -143,6 +143,7 @@ def test_flow_autoguide_for_globals():
     assert 1 / 1.5 < float(draws.std()) / sd < 1.5
 
 
+@pytest.mark.slow  # about 40 s
 def test_autoguidelist_combines_an_autoguide_for_globals_with_an_implicit_local_guide():
     pyro.set_rng_seed(1)
     problem = HierarchicalNormal()
