@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyro
 import torch
@@ -33,6 +33,19 @@ def _zero() -> torch.Tensor:
     return torch.zeros(())
 
 
+class GlobalSummary(NamedTuple):
+    """One step's figures on the guide's globals for the
+    :class:`~pyro_lfvi.TrainingMonitor`, component by component: the mean
+    (``centre``) and sd (``spread``) over particles, and, unconstrained, the
+    variance over particles (``guide_var``) and that of prior draws
+    (``prior_var``; :func:`~pyro_lfvi.step_checks.global_variances`)."""
+
+    centre: list[float]
+    spread: list[float]
+    guide_var: list[float]
+    prior_var: list[float]
+
+
 @dataclass
 class StepObjectives:
     """Everything one LFVI step computes, returned rather than stored.
@@ -47,7 +60,7 @@ class StepObjectives:
     prior_loss: torch.Tensor = field(default_factory=_zero)
     generator_loss: torch.Tensor = field(default_factory=_zero)
     stats: dict[str, float] = field(default_factory=dict)
-    global_summary: tuple[list[float], ...] = ()
+    global_summary: GlobalSummary | None = None
     model_params: list[str] = field(default_factory=list)
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from .antithetic import AntitheticMessenger
 from .compat import ELBOModule
 from .contrastive import ContrastiveRatioEstimator
-from .controls import StepObjectives, TrainingControls
+from .controls import GlobalSummary, StepObjectives, TrainingControls
 from .diagnostics import TrainingMonitor
 from .discriminator import Summary
 from .errors import LFVIWarning, ModelStructureError
@@ -766,7 +766,7 @@ class LFVI(TrainingControls, ELBO):
                 variances = global_variances(pair)
                 pair_stats.update(pair_checks(pair, variances))
                 if pair is pairs[0] and self.monitor is not None:
-                    out.global_summary = self._global_summary(pair) + variances
+                    out.global_summary = GlobalSummary(*self._global_summary(pair), *variances)
                 for key, value in pair_stats.items():
                     stats[key] = stats.get(key, 0.0) + value / len(pairs)
                 if self.debug_model is not None and pair is pairs[0]:
@@ -818,7 +818,7 @@ class LFVI(TrainingControls, ELBO):
         self.history.append(entry)
         step = self.history.num_steps - 1
         if self.monitor is not None:
-            self.monitor.update(step, entry, *step_out.global_summary)
+            self.monitor.update(step, entry, *(step_out.global_summary or ()))
         if self.callback is not None:
             self.callback(step, entry)
 
