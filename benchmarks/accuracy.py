@@ -61,11 +61,13 @@ def fit_example(
     final_lr: float | None = None,
     mean_field: bool = False,
     check: bool = True,
+    particles: int | None = None,
 ) -> tuple[Any, Callable[..., None], LFVI, list[str], float]:
     """
     Fit example ``name`` at seed ``seed`` with the budgets of ``MODELS`` (or
     ``steps`` and ``final_lr``), with its structured guide where it has one
-    (unless ``mean_field``), recording every ``LFVIWarning``.
+    (unless ``mean_field``), recording every ``LFVIWarning``; ``particles``
+    sets ``LFVI(num_particles=...)`` (default: LFVI's).
 
     :returns: the problem, the guide fitted, the LFVI instance, the warnings'
         messages, and the wall time in seconds.
@@ -76,6 +78,8 @@ def fit_example(
     start = time.perf_counter()
     problem = cls()
     kwargs: dict[str, Any] = {"estimator": estimator}
+    if particles is not None:
+        kwargs["num_particles"] = particles
     if summary and isinstance(problem, HierarchicalNormal):
         kwargs["summary"] = problem.summary
     # Hierarchical examples with a structured guide (locals that move with the
@@ -114,9 +118,10 @@ def run(
     final_lr: float | None = None,
     mean_field: bool = False,
     width: int | None = 60,
+    particles: int | None = None,
 ) -> tuple[dict, float, list, float | None]:
     problem, guide, elbo, raised, seconds = fit_example(
-        name, seed, estimator, summary, steps, final_lr, mean_field
+        name, seed, estimator, summary, steps, final_lr, mean_field, particles=particles
     )
     jitter = elbo.monitor.final_jitter if elbo.monitor is not None else None
     return guide_errors(problem, guide), seconds, [m[:width] for m in raised], jitter
@@ -142,6 +147,9 @@ def main() -> None:
         help="fit the examples that have a structured guide with their mean-field guide",
     )
     parser.add_argument(
+        "--particles", type=int, default=None, help="LFVI's num_particles (default: LFVI's)"
+    )
+    parser.add_argument(
         "--full-warnings", action="store_true", help="print each warning whole (default: 60 chars)"
     )
     args = parser.parse_args()
@@ -161,6 +169,7 @@ def main() -> None:
                 args.final_lr,
                 args.mean_field,
                 width=None if args.full_warnings else 60,
+                particles=args.particles,
             )
             jittered = "-" if jitter is None else f"{jitter:.2f}"
             for site, e in errors.items():
