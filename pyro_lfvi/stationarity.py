@@ -86,7 +86,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -107,7 +108,7 @@ from .validation import check_positive_int
 if TYPE_CHECKING:
     from .elbo import LFVI
 
-__all__ = ["SD_RANGE", "SIGNIFICANCE", "Stationarity", "check_stationarity"]
+__all__ = ["PROBE_PARTICLES", "SD_RANGE", "SIGNIFICANCE", "Stationarity", "check_stationarity"]
 
 SD_RANGE = (0.8, 1.25)
 """The ``sd_factor`` range inside which the check stays silent."""
@@ -117,6 +118,11 @@ SIGNIFICANCE = 3.0
 
 LISTED = 5
 """Coordinates a warning names, the worst first; the returned dict holds them all."""
+
+PROBE_PARTICLES = 8
+"""Particles per batch of the probe when training drew fewer than four (the
+few-particle budget recipe): the probe needs mirrored pairs and more than one
+of them, and the particle count does not change what it measures."""
 
 
 @dataclass
@@ -225,9 +231,11 @@ def check_stationarity(
     :param kwargs: keyword arguments of model and guide.
     :returns: a :class:`Stationarity` by coordinate name (``"mu"``, or
         ``"theta[2]"`` for a vector site); empty where the check does not
-        apply: fewer than four vectorised particles, or no guide site outside
-        the data plate with a learned Normal scale. (With an odd number of
-        particles the last one is drawn unmirrored.)
+        apply: fewer than two vectorised particles, or no guide site outside
+        the data plate with a learned Normal scale. Training with two or three
+        particles is probed with
+        :data:`~pyro_lfvi.stationarity.PROBE_PARTICLES` per batch. (With an
+        odd number of particles the last one is drawn unmirrored.)
     :rtype: dict
     """
     num_batches = check_positive_int("num_batches", num_batches)
@@ -238,12 +246,11 @@ def check_stationarity(
             "Expected a trained LFVI instance, actual one that has not taken a step yet; "
             "train first (svi.step or pyro_lfvi.fit), then check"
         )
-    size = elbo.num_particles
-    if not elbo.vectorize_particles or size < 4:
+    if not elbo.vectorize_particles or elbo.num_particles < 2:
         return {}
     curvatures: list[torch.Tensor] = []
     local_grads: dict[str, list[tuple[torch.Tensor, ...]]] = {}
-    with torch.random.fork_rng():
+    with _probe_particles(elbo) as size, torch.random.fork_rng():
         roles = elbo._pair(model, guide, args, kwargs)[0].roles
         probe = ScaleProbe(-int(elbo.max_plate_nesting), size, roles.data_plate)
         for _ in range(num_batches):
@@ -305,6 +312,19 @@ def check_stationarity(
         message = _family_message(result, family, through_locals, list(probe.local_scales))
         warnings.warn(message, LFVIWarning, stacklevel=2)
     return result
+
+
+@contextmanager
+def _probe_particles(elbo: LFVI) -> Iterator[int]:
+    """Particles per batch for the probe: the training count, or
+    :data:`PROBE_PARTICLES` where that was two or three (restored on exit)."""
+    trained = elbo.num_particles
+    if trained < 4:
+        elbo.num_particles = PROBE_PARTICLES
+    try:
+        yield elbo.num_particles
+    finally:
+        elbo.num_particles = trained
 
 
 def _significant(f: float, se: float, lo: float, hi: float) -> bool:

@@ -10,12 +10,14 @@ from pyro.distributions import constraints
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
 from pyro_lfvi import LFVI, ImplicitSite, LFVIWarning, Stationarity, check_stationarity
+from pyro_lfvi.estimator_check import online_network
 from pyro_lfvi.examples import ConjugateNormal
+from pyro_lfvi.stationarity import PROBE_PARTICLES
 
 
-def trained_conjugate(num_steps=300):
+def trained_conjugate(num_steps=300, **options):
     problem = ConjugateNormal()
-    elbo = LFVI()
+    elbo = LFVI(**options)
     svi = pyro.infer.SVI(problem.model, problem.guide, pyro.optim.Adam({"lr": 0.02}), elbo)
     for _ in range(num_steps):
         svi.step(problem.data)
@@ -27,16 +29,21 @@ def set_guide_sd(sd):
         pyro.param("mu_scale").unconstrained().copy_(torch.tensor(sd).log())
 
 
+def checked_at(problem, elbo, sd):
+    """check_stationarity with the guide's sd set to ``sd``: its result and warnings."""
+    set_guide_sd(sd)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LFVIWarning)
+        result = check_stationarity(elbo, problem.model, problem.guide, problem.data)
+    return result, [str(w.message) for w in caught if w.category is LFVIWarning]
+
+
 def test_the_check_warns_on_a_guide_too_wide_or_too_narrow_and_not_at_the_optimum():
     problem, elbo = trained_conjugate()
     sd = problem.exact()["mu"][1]
     found = {}
     for ratio in (0.5, 1.0, 2.0):
-        set_guide_sd(sd * ratio)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", LFVIWarning)
-            found[ratio] = check_stationarity(elbo, problem.model, problem.guide, problem.data)
-        messages = [str(w.message) for w in caught if w.category is LFVIWarning]
+        found[ratio], messages = checked_at(problem, elbo, sd * ratio)
         if ratio == 1.0:
             assert messages == []
         else:
@@ -50,15 +57,19 @@ def test_the_check_warns_on_a_guide_too_wide_or_too_narrow_and_not_at_the_optimu
         assert 0.8 * ratio < relative < 1.25 * ratio, (ratio, found)
 
 
-def test_the_check_changes_neither_params_nor_the_random_stream():
-    problem, elbo = trained_conjugate(num_steps=20)
+@pytest.mark.parametrize("num_particles", [None, 2])
+def test_the_check_changes_neither_params_nor_the_random_stream(num_particles):
+    problem, elbo = trained_conjugate(num_steps=20, num_particles=num_particles)
     store = pyro.get_param_store()
     before = {k: v.detach().clone() for k, v in store.items()}
     grads = {k: store.get_param(k).unconstrained().grad for k in store.keys()}
     grads = {k: None if g is None else g.clone() for k, g in grads.items()}
     state = torch.get_rng_state()
+    network = {k: v.clone() for k, v in online_network(elbo.estimator).state_dict().items()}
     check_stationarity(elbo, problem.model, problem.guide, problem.data, warn=False)
     assert torch.equal(torch.get_rng_state(), state)
+    after = online_network(elbo.estimator).state_dict()
+    assert all(torch.equal(after[k], v) for k, v in network.items())  # buffers included
     for k, v in store.items():
         assert torch.equal(v.detach(), before[k]), k
         grad = store.get_param(k).unconstrained().grad
@@ -66,15 +77,38 @@ def test_the_check_changes_neither_params_nor_the_random_stream():
         assert grad is None or torch.equal(grad, grads[k]), k
 
 
-def test_the_check_does_not_apply_to_few_or_unvectorised_particles():
+def test_the_check_does_not_apply_to_one_or_unvectorised_particles():
     problem = ConjugateNormal()
     for elbo in (
-        LFVI(num_particles=3),
+        LFVI(num_particles=1),
         LFVI(num_particles=4, vectorize_particles=False, estimator="joint"),
     ):
         svi = pyro.infer.SVI(problem.model, problem.guide, pyro.optim.Adam({"lr": 0.01}), elbo)
         svi.step(problem.data)
         assert check_stationarity(elbo, problem.model, problem.guide, problem.data) == {}
+
+
+@pytest.mark.parametrize("num_particles", [2, 3])
+def test_a_fit_with_two_or_three_particles_is_probed_with_more(num_particles):
+    # The few-particle budget recipe used to get no stationarity check at all. Its learned
+    # likelihood need not be the exact one, so the guide is set relative to the sd at which
+    # the probe finds the ELBO stationary (Gaussian theory: the factor scales with the sd).
+    problem, elbo = trained_conjugate(num_particles=num_particles)
+    fitted = float(pyro.param("mu_scale"))
+    first = check_stationarity(elbo, problem.model, problem.guide, problem.data, warn=False)
+    assert list(first) == ["mu"]
+    assert elbo.num_particles == num_particles  # restored after the probe
+    stationary = fitted / first["mu"].sd_factor
+    found = {}
+    for ratio in (1.0, 2.0):
+        found[ratio], messages = checked_at(problem, elbo, stationary * ratio)
+        if ratio == 1.0:
+            assert messages == []
+        else:
+            assert len(messages) == 1 and "too wide" in messages[0], messages
+            assert f"on {64 * PROBE_PARTICLES} mirrored guide draws" in messages[0]
+    relative = found[2.0]["mu"].sd_factor / found[1.0]["mu"].sd_factor
+    assert 0.8 * 2 < relative < 1.25 * 2, found
 
 
 def test_the_check_refuses_bad_arguments():
