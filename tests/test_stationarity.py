@@ -50,6 +50,7 @@ def test_the_check_warns_on_a_guide_too_wide_or_too_narrow_and_not_at_the_optimu
             assert len(messages) == 1
             assert "'mu'" in messages[0]
             assert ("too wide" if ratio > 1 else "too narrow") in messages[0]
+            assert "learning rate likely decayed" in messages[0]  # 8 particles: not too few
     # The guide's sd over the stationary one scales with the guide's sd (Gaussian theory),
     # within the sd target 0.8-1.25x.
     for ratio in (0.5, 2.0):
@@ -107,6 +108,9 @@ def test_a_fit_with_two_or_three_particles_is_probed_with_more(num_particles):
         else:
             assert len(messages) == 1 and "too wide" in messages[0], messages
             assert f"on {64 * PROBE_PARTICLES} mirrored guide draws" in messages[0]
+            # Many data points (N = 1000): the advice is the default particle count.
+            assert f"drew {num_particles} particles per step" in messages[0]
+            assert "default num_particles" in messages[0]
     relative = found[2.0]["mu"].sd_factor / found[1.0]["mu"].sd_factor
     assert 0.8 * 2 < relative < 1.25 * 2, found
 
