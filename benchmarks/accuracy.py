@@ -28,7 +28,7 @@ import pyro
 import torch
 from fitting import standardized_errors, train
 
-from pyro_lfvi import LFVI, LFVIWarning
+from pyro_lfvi import LFVI, ContrastiveRatioEstimator, LFVIWarning
 from pyro_lfvi.examples import (
     AR1Series,
     ConjugateNormal,
@@ -62,12 +62,16 @@ def fit_example(
     mean_field: bool = False,
     check: bool = True,
     particles: int | None = None,
+    normalizer: str | None = None,
+    self_normalize: bool = True,
 ) -> tuple[Any, Callable[..., None], LFVI, list[str], float]:
     """
     Fit example ``name`` at seed ``seed`` with the budgets of ``MODELS`` (or
     ``steps`` and ``final_lr``), with its structured guide where it has one
     (unless ``mean_field``), recording every ``LFVIWarning``; ``particles``
-    sets ``LFVI(num_particles=...)`` (default: LFVI's).
+    sets ``LFVI(num_particles=...)`` (default: LFVI's), ``normalizer`` the
+    contrastive estimator's ``normalizer`` (default: the estimator's), and
+    ``self_normalize`` LFVI's.
 
     :returns: the problem, the guide fitted, the LFVI instance, the warnings'
         messages, and the wall time in seconds.
@@ -80,6 +84,10 @@ def fit_example(
     kwargs: dict[str, Any] = {"estimator": estimator}
     if particles is not None:
         kwargs["num_particles"] = particles
+    if normalizer is not None:
+        kwargs["estimator"] = ContrastiveRatioEstimator(normalizer=normalizer)
+    if not self_normalize:
+        kwargs["self_normalize"] = False
     if summary and isinstance(problem, HierarchicalNormal):
         kwargs["summary"] = problem.summary
     # Hierarchical examples with a structured guide (locals that move with the
@@ -119,9 +127,20 @@ def run(
     mean_field: bool = False,
     width: int | None = 60,
     particles: int | None = None,
+    normalizer: str | None = None,
+    self_normalize: bool = True,
 ) -> tuple[dict, float, list, float | None]:
     problem, guide, elbo, raised, seconds = fit_example(
-        name, seed, estimator, summary, steps, final_lr, mean_field, particles=particles
+        name,
+        seed,
+        estimator,
+        summary,
+        steps,
+        final_lr,
+        mean_field,
+        particles=particles,
+        normalizer=normalizer,
+        self_normalize=self_normalize,
     )
     jitter = elbo.monitor.final_jitter if elbo.monitor is not None else None
     return guide_errors(problem, guide), seconds, [m[:width] for m in raised], jitter
@@ -150,6 +169,15 @@ def main() -> None:
         "--particles", type=int, default=None, help="LFVI's num_particles (default: LFVI's)"
     )
     parser.add_argument(
+        "--normalizer",
+        choices=["all", "others"],
+        default=None,
+        help="ContrastiveRatioEstimator(normalizer=...) (default: the estimator's)",
+    )
+    parser.add_argument(
+        "--no-self-normalize", action="store_true", help="LFVI(self_normalize=False)"
+    )
+    parser.add_argument(
         "--full-warnings", action="store_true", help="print each warning whole (default: 60 chars)"
     )
     args = parser.parse_args()
@@ -170,6 +198,8 @@ def main() -> None:
                 args.mean_field,
                 width=None if args.full_warnings else 60,
                 particles=args.particles,
+                normalizer=args.normalizer,
+                self_normalize=not args.no_self_normalize,
             )
             jittered = "-" if jitter is None else f"{jitter:.2f}"
             for site, e in errors.items():

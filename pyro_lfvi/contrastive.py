@@ -345,6 +345,15 @@ class ContrastiveRatioEstimator(RatioEstimator):
         globals by N times the classifier's error.
     :param int normalizer_draws: simulations per latent in that average
         (default 64).
+    :param str normalizer: whose simulations that average takes: ``"all"``
+        (default) this step's, or ``"others"`` those of the *other* particles
+        only, as the classifier's shuffled pairs do. A particle's own
+        simulations were drawn at its own (widened) latents, so with them the
+        average is largest near those latents, and the term
+        :math:`-N \log(\cdot)` pulls each particle back towards the
+        particles' mean: too narrow a guide with few particles, and slightly
+        narrow with the default eight. With ``"others"`` a fit needs at least
+        three particles.
     :param float balance: weight of the balancing penalty of balanced NRE [3],
         :math:`\lambda (\mathbb{E}_{joint}[\sigma(s)] + \mathbb{E}_{shuffled}[\sigma(s)] - 1)^2`,
         which keeps the classifier from being over-confident (default 0: off; [3]
@@ -397,6 +406,7 @@ class ContrastiveRatioEstimator(RatioEstimator):
         nan_policy: str = "drop",
         self_normalize: bool = True,
         normalizer_draws: int = 64,
+        normalizer: str = "all",
         balance: float = 0.0,
         replay: int = 0,
         refine_steps: int = 0,
@@ -435,6 +445,12 @@ class ContrastiveRatioEstimator(RatioEstimator):
             raise ValueError(f"Expected balance to be a number >= 0, actual {balance!r}")
         self.balance = float(balance)
         self.normalizer_draws = check_positive_int("normalizer_draws", normalizer_draws)
+        if normalizer not in ("all", "others"):
+            raise ValueError(
+                f"Expected normalizer 'all' or 'others', actual {normalizer!r}: 'others' leaves "
+                "each particle's own simulations out of its self-normalisation"
+            )
+        self.normalizer = normalizer
         self.replay = check_nonnegative_int("replay", replay)
         self._replay: list[Rows] = []
         self.refine_steps = check_nonnegative_int("refine_steps", refine_steps)
@@ -637,25 +653,37 @@ class ContrastiveRatioEstimator(RatioEstimator):
     def _log_normalizer(
         self, net: ContrastiveNetwork, pair: PairedJoints, valid: torch.Tensor
     ) -> torch.Tensor:
-        """``log mean_j exp s(x'_j, z_n, beta)`` over finite simulations ``x'_j``, (P, M)."""
+        """``log mean_j exp s(x'_j, z_n, beta)`` over finite simulations ``x'_j``
+        (with ``normalizer="others"``, of the other particles only), (P, M)."""
         sims = {k: v.detach().flatten(0, 1) for k, v in pair.p_observed.items()}
         rows = valid.flatten().nonzero().squeeze(-1)
         if rows.numel() == 0:
             return torch.zeros(())
-        pick = rows[torch.randperm(rows.numel())[: self.normalizer_draws]]
-        J = pick.numel()
         P, M = pair.num_particles, pair.roles.num_points
+        others = self.normalizer == "others"
+        # Leaving a particle's own out, draw enough that about normalizer_draws remain.
+        wanted = -(-self.normalizer_draws * P // (P - 1)) if others else self.normalizer_draws
+        pick = rows[torch.randperm(rows.numel())[:wanted]]
+        J = pick.numel()
         embedded = net.embed({k: v[pick] for k, v in sims.items()})
         if not pair.q_local:  # the latents are the same for every point of a particle
             grid = net.classify(embedded.expand(P, J, embedded.shape[-1]), {}, pair.q_global)
-            return torch.logsumexp(grid, -1, keepdim=True) - math.log(J)
-        grid_x = embedded.expand(P, M, J, embedded.shape[-1]).reshape(P, M * J, -1)
-        loc = {
-            k: v.unsqueeze(2).expand(P, M, J, v.shape[-1]).reshape(P, M * J, -1)
-            for k, v in pair.q_local.items()
-        }
-        grid = net.classify(grid_x, loc, pair.q_global).reshape(P, M, J)
-        return torch.logsumexp(grid, -1) - math.log(J)
+        else:
+            grid_x = embedded.expand(P, M, J, embedded.shape[-1]).reshape(P, M * J, -1)
+            loc = {
+                k: v.unsqueeze(2).expand(P, M, J, v.shape[-1]).reshape(P, M * J, -1)
+                for k, v in pair.q_local.items()
+            }
+            grid = net.classify(grid_x, loc, pair.q_global).reshape(P, M, J)
+        if not others:
+            return torch.logsumexp(grid, -1, keepdim=not pair.q_local) - math.log(J)
+        own = (pick // M).unsqueeze(0) == torch.arange(P).unsqueeze(1)  # (P, J)
+        if pair.q_local:
+            own = own.unsqueeze(1)  # (P, 1, J)
+        count = (~own).sum(-1, keepdim=True)
+        total = torch.logsumexp(grid.masked_fill(own, -math.inf), -1, keepdim=True)
+        normalizer = torch.where(count > 0, total - count.clamp_min(1).log(), 0.0)
+        return normalizer if not pair.q_local else normalizer.squeeze(-1)
 
     def objectives(self, pair: PairedJoints, update: bool = True) -> RatioObjectives:
         if pair.num_particles < 2:
@@ -664,13 +692,20 @@ class ContrastiveRatioEstimator(RatioEstimator):
                 f"estimator, actual {pair.num_particles}; use LFVI(num_particles>=2, "
                 "vectorize_particles=True) or LFVI(estimator='joint')"
             )
+        normalized = self.self_normalize and pair.roles.full_size > 1
+        if normalized and self.normalizer == "others" and pair.num_particles < 3:
+            raise ValueError(
+                "Expected num_particles >= 3 with normalizer='others', actual "
+                f"{pair.num_particles}: with two, each particle's average rests on one other "
+                "particle's simulations; use more particles or normalizer='all'"
+            )
         net = self._net(pair)
         # Simulations without NaN or inf: (P, M), shared by training and normaliser.
         valid = finite_simulations(pair)
         loss, stats = self._training(net, pair, valid, update)
         with frozen_weights(net):
             log_ratio = net(pair.q_observed, pair.q_local, pair.q_global)
-            if self.self_normalize and pair.roles.full_size > 1:
+            if normalized:
                 log_ratio = log_ratio - self._log_normalizer(net, pair, valid)
         checked_per_point(log_ratio, pair, "ratio network at the observed data")
         return RatioObjectives(log_ratio=log_ratio, loss=loss, stats=stats)

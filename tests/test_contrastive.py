@@ -1,7 +1,9 @@
 """The default contrastive ratio estimator: choice, training inputs, robustness."""
 
 import itertools
+import math
 import warnings
+from types import SimpleNamespace
 
 import pyro
 import pyro.distributions as dist
@@ -105,6 +107,7 @@ def test_estimator_arguments_are_checked(kwargs, match):
         ({"hidden_sizes": (0,)}, "each of hidden_sizes"),
         ({"name": ""}, "name to be a non-empty str"),
         ({"normalizer_draws": 0}, "normalizer_draws to be an integer >= 1"),
+        ({"normalizer": "own"}, "normalizer 'all' or 'others'"),
         ({"replay": -1}, "replay to be an integer >= 0"),
         ({"refine_steps": -1}, "refine_steps to be an integer >= 0"),
         ({"refine_lr": 0.0}, "refine_lr to be a positive number"),
@@ -144,6 +147,35 @@ def test_a_joint_estimator_instance_gets_the_joint_defaults():
 def test_joint_estimator_arguments_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
         JointRatioEstimator(**kwargs)
+
+
+@pytest.mark.parametrize("locals_", [False, True])
+@pytest.mark.parametrize("normalizer", ["all", "others"])
+def test_the_normalizer_leaves_out_each_particles_own_simulations_if_asked(normalizer, locals_):
+    # A stand-in network whose logit at a simulation is the index of the particle that drew
+    # it: the normaliser of particle p is then the log mean of exp(q) over the particles q
+    # whose simulations it averages (all rows are drawn: normalizer_draws exceeds P * M).
+    P, M = 4, 3
+    index = torch.arange(P, dtype=torch.float).reshape(P, 1, 1).expand(P, M, 1)
+    net = SimpleNamespace(
+        embed=lambda sims: sims["x"],
+        classify=lambda x, local, global_: x[..., 0],
+    )
+    pair = SimpleNamespace(
+        p_observed={"x": index},
+        num_particles=P,
+        roles=SimpleNamespace(num_points=M),
+        q_local={"z": torch.zeros(P, M, 1)} if locals_ else {},
+        q_global={"beta": torch.zeros(P, 1)},
+    )
+    estimator = ContrastiveRatioEstimator(normalizer=normalizer, normalizer_draws=100)
+    found = estimator._log_normalizer(net, pair, torch.ones(P, M, dtype=torch.bool))
+    assert found.shape == ((P, M) if locals_ else (P, 1))
+    q = torch.arange(P, dtype=torch.float)
+    for p in range(P):
+        used = q[q != p] if normalizer == "others" else q
+        expected = torch.logsumexp(used, 0) - math.log(len(used))
+        assert torch.allclose(found[p], expected.expand_as(found[p])), (p, found)
 
 
 def test_classifier_never_sees_the_observations():

@@ -488,6 +488,21 @@ CASES = [
         r"nan_policy 'drop' or 'raise', actual 'ignore'",
     ),
     Case(
+        "contrastive normalizer unknown",
+        lambda: ContrastiveRatioEstimator(normalizer="mine"),
+        ValueError,
+        r"normalizer 'all' or 'others', actual 'mine'",
+    ),
+    Case(
+        "normalizer='others' with two particles",
+        step(
+            model_with(),
+            elbo=LFVI(num_particles=2, estimator=ContrastiveRatioEstimator(normalizer="others")),
+        ),
+        ValueError,
+        r"num_particles >= 3 with normalizer='others', actual 2",
+    ),
+    Case(
         "contrastive momentum out of range",
         lambda: ContrastiveRatioEstimator(momentum=2.0),
         ValueError,
