@@ -170,7 +170,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--normalizer",
-        choices=["all", "others"],
+        choices=["auto", "all", "others"],
         default=None,
         help="ContrastiveRatioEstimator(normalizer=...) (default: the estimator's)",
     )

@@ -345,15 +345,18 @@ class ContrastiveRatioEstimator(RatioEstimator):
         globals by N times the classifier's error.
     :param int normalizer_draws: simulations per latent in that average
         (default 64).
-    :param str normalizer: whose simulations that average takes: ``"all"``
-        (default) this step's, or ``"others"`` those of the *other* particles
-        only, as the classifier's shuffled pairs do. A particle's own
+    :param str normalizer: whose simulations that average takes:
+        ``"others"`` those of the *other* particles only, as the classifier's
+        shuffled pairs do; ``"all"`` every simulation of the step, each
+        particle's own included; ``"auto"`` (default) ``"others"`` with three
+        or more particles and ``"all"`` with two (with two, the other
+        particles' simulations would be a single particle's). A particle's own
         simulations were drawn at its own (widened) latents, so with them the
         average is largest near those latents, and the term
         :math:`-N \log(\cdot)` pulls each particle back towards the
-        particles' mean: too narrow a guide with few particles, and slightly
-        narrow with the default eight. With ``"others"`` a fit needs at least
-        three particles.
+        particles' mean: with ``"all"`` the guide comes out too narrow with
+        few particles and slightly narrow with eight. ``"others"`` refuses
+        fewer than three particles.
     :param float balance: weight of the balancing penalty of balanced NRE [3],
         :math:`\lambda (\mathbb{E}_{joint}[\sigma(s)] + \mathbb{E}_{shuffled}[\sigma(s)] - 1)^2`,
         which keeps the classifier from being over-confident (default 0: off; [3]
@@ -406,7 +409,7 @@ class ContrastiveRatioEstimator(RatioEstimator):
         nan_policy: str = "drop",
         self_normalize: bool = True,
         normalizer_draws: int = 64,
-        normalizer: str = "all",
+        normalizer: str = "auto",
         balance: float = 0.0,
         replay: int = 0,
         refine_steps: int = 0,
@@ -445,10 +448,12 @@ class ContrastiveRatioEstimator(RatioEstimator):
             raise ValueError(f"Expected balance to be a number >= 0, actual {balance!r}")
         self.balance = float(balance)
         self.normalizer_draws = check_positive_int("normalizer_draws", normalizer_draws)
-        if normalizer not in ("all", "others"):
+        if normalizer not in ("auto", "all", "others"):
             raise ValueError(
-                f"Expected normalizer 'all' or 'others', actual {normalizer!r}: 'others' leaves "
-                "each particle's own simulations out of its self-normalisation"
+                f"Expected normalizer 'auto', 'all' or 'others', actual {normalizer!r}: "
+                "'others' leaves each particle's own simulations out of its "
+                "self-normalisation, 'all' keeps them, 'auto' picks 'others' with three "
+                "or more particles"
             )
         self.normalizer = normalizer
         self.replay = check_nonnegative_int("replay", replay)
@@ -660,7 +665,7 @@ class ContrastiveRatioEstimator(RatioEstimator):
         if rows.numel() == 0:
             return torch.zeros(())
         P, M = pair.num_particles, pair.roles.num_points
-        others = self.normalizer == "others"
+        others = self._leaves_own_out(P)
         # Leaving a particle's own out, draw enough that about normalizer_draws remain.
         wanted = -(-self.normalizer_draws * P // (P - 1)) if others else self.normalizer_draws
         pick = rows[torch.randperm(rows.numel())[:wanted]]
@@ -685,6 +690,12 @@ class ContrastiveRatioEstimator(RatioEstimator):
         normalizer = torch.where(count > 0, total - count.clamp_min(1).log(), 0.0)
         return normalizer if not pair.q_local else normalizer.squeeze(-1)
 
+    def _leaves_own_out(self, num_particles: int) -> bool:
+        """Whether the self-normaliser leaves each particle's own simulations out."""
+        if self.normalizer == "auto":
+            return num_particles >= 3
+        return self.normalizer == "others"
+
     def objectives(self, pair: PairedJoints, update: bool = True) -> RatioObjectives:
         if pair.num_particles < 2:
             raise ValueError(
@@ -697,7 +708,8 @@ class ContrastiveRatioEstimator(RatioEstimator):
             raise ValueError(
                 "Expected num_particles >= 3 with normalizer='others', actual "
                 f"{pair.num_particles}: with two, each particle's average rests on one other "
-                "particle's simulations; use more particles or normalizer='all'"
+                "particle's simulations; use more particles, or normalizer='auto' (the default) "
+                "or 'all'"
             )
         net = self._net(pair)
         # Simulations without NaN or inf: (P, M), shared by training and normaliser.

@@ -154,12 +154,11 @@ def jitter(
     sds = pooled_sds(spread[-steps:])
     for j in range(width):
         c = [row[j] for row in centre[-steps:]]
-        sd = sds[j]
-        if not _judged(c[-1], sd):
+        if not _judged(c[-1], sds[j]):
             out.append(None)
             continue
         means = [statistics.mean(c[b * block : (b + 1) * block]) for b in range(blocks)]
         noise = statistics.mean((b - a) ** 2 for a, b in itertools.pairwise(c)) / 2
         wander = _detrended_variance(means) - noise / block
-        out.append(math.sqrt(max(wander, 0.0)) / sd)
+        out.append(math.sqrt(max(wander, 0.0)) / sds[j])
     return out

@@ -107,7 +107,7 @@ def test_estimator_arguments_are_checked(kwargs, match):
         ({"hidden_sizes": (0,)}, "each of hidden_sizes"),
         ({"name": ""}, "name to be a non-empty str"),
         ({"normalizer_draws": 0}, "normalizer_draws to be an integer >= 1"),
-        ({"normalizer": "own"}, "normalizer 'all' or 'others'"),
+        ({"normalizer": "own"}, "normalizer 'auto', 'all' or 'others'"),
         ({"replay": -1}, "replay to be an integer >= 0"),
         ({"refine_steps": -1}, "refine_steps to be an integer >= 0"),
         ({"refine_lr": 0.0}, "refine_lr to be a positive number"),
@@ -150,12 +150,18 @@ def test_joint_estimator_arguments_are_checked(kwargs, match):
 
 
 @pytest.mark.parametrize("locals_", [False, True])
-@pytest.mark.parametrize("normalizer", ["all", "others"])
-def test_the_normalizer_leaves_out_each_particles_own_simulations_if_asked(normalizer, locals_):
+@pytest.mark.parametrize(
+    "normalizer, P, leaves_own_out",
+    [("all", 4, False), ("others", 4, True), ("auto", 4, True), ("auto", 2, False)],
+)
+def test_the_normalizer_leaves_out_each_particles_own_simulations_if_asked(
+    normalizer, P, leaves_own_out, locals_
+):
     # A stand-in network whose logit at a simulation is the index of the particle that drew
     # it: the normaliser of particle p is then the log mean of exp(q) over the particles q
     # whose simulations it averages (all rows are drawn: normalizer_draws exceeds P * M).
-    P, M = 4, 3
+    # The default, "auto", leaves them out with three or more particles.
+    M = 3
     index = torch.arange(P, dtype=torch.float).reshape(P, 1, 1).expand(P, M, 1)
     net = SimpleNamespace(
         embed=lambda sims: sims["x"],
@@ -173,7 +179,7 @@ def test_the_normalizer_leaves_out_each_particles_own_simulations_if_asked(norma
     assert found.shape == ((P, M) if locals_ else (P, 1))
     q = torch.arange(P, dtype=torch.float)
     for p in range(P):
-        used = q[q != p] if normalizer == "others" else q
+        used = q[q != p] if leaves_own_out else q
         expected = torch.logsumexp(used, 0) - math.log(len(used))
         assert torch.allclose(found[p], expected.expand_as(found[p])), (p, found)
 

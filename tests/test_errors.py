@@ -491,7 +491,7 @@ CASES = [
         "contrastive normalizer unknown",
         lambda: ContrastiveRatioEstimator(normalizer="mine"),
         ValueError,
-        r"normalizer 'all' or 'others', actual 'mine'",
+        r"normalizer 'auto', 'all' or 'others', actual 'mine'",
     ),
     Case(
         "normalizer='others' with two particles",
