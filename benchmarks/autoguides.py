@@ -4,7 +4,8 @@ An autoguide puts a point mass on the transform of an auxiliary draw; LFVI
 treats that as a distribution over the globals (the default contrastive
 estimator), and only a guide of point masses alone (``AutoDelta``) as
 variational EM (the joint classifier). Prints, per seed, the estimator LFVI
-chose and each global's mean error in exact posterior sds / sd ratio::
+chose, each global's mean error in exact posterior sds / sd ratio, and the
+LFVIWarnings that ``fit`` and its end-of-training checks raised::
 
     OMP_NUM_THREADS=1 python benchmarks/autoguides.py --seeds 0 1
 """
@@ -19,7 +20,7 @@ import torch
 from fitting import decaying_adam
 from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal, AutoNormal
 
-from pyro_lfvi import LFVI
+from pyro_lfvi import LFVI, LFVIWarning, fit
 from pyro_lfvi.examples import ConjugateNormal, HierarchicalNormal
 
 CASES = [
@@ -47,7 +48,6 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--steps", type=int, default=3000)
     args = parser.parse_args()
-    warnings.simplefilter("ignore")
     for seed in args.seeds:
         for problem_cls, guide_cls in CASES:
             pyro.clear_param_store()
@@ -57,17 +57,19 @@ def main() -> None:
             elbo = LFVI()
             optim = decaying_adam(args.steps, 0.01, 0.0002)
             svi = pyro.infer.SVI(problem.model, guide, optim, elbo)
-            for _ in range(args.steps):
-                svi.step(problem.data)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", LFVIWarning)
+                fit(svi, problem.data, num_steps=args.steps, progress=False)
+            raised = [str(w.message)[:60] for w in caught if issubclass(w.category, LFVIWarning)]
             exact = problem.exact()
             figures = []
-            for name, draws in global_draws(guide, problem, 400).items():
+            for name, draws in global_draws(guide, problem, 2000).items():
                 mean, sd = (float(v) for v in exact[name])
                 error = (float(draws.mean()) - mean) / sd
                 figures.append(f"{name} {error:+.2f}/{float(draws.std()) / sd:.2f}")
             print(
                 f"seed {seed} {problem_cls.__name__:<18} {guide_cls.__name__:<22} "
-                f"{type(elbo.estimator).__name__:<26} {'  '.join(figures)}",
+                f"{type(elbo.estimator).__name__:<26} {'  '.join(figures)}  {raised or 'none'}",
                 flush=True,
             )
 
