@@ -149,6 +149,21 @@ def _shift(num_particles: int, mirrored: bool) -> int:
     return int(torch.randint(1, num_particles, ()))
 
 
+def _own_simulations(owner: torch.Tensor, num_particles: int, mirrored: bool) -> torch.Tensor:
+    """``(P, J)``: whether simulation ``j``, drawn by particle ``owner[j]``, is
+    particle ``p``'s own or, with ``mirrored`` particles (particle ``k`` and
+    ``k + P // 2``; an odd last one unmirrored), its mirror image's: neither
+    is independent of particle ``p``'s latents."""
+    particle = torch.arange(num_particles)
+    own = owner.unsqueeze(0) == particle.unsqueeze(1)
+    if not mirrored:
+        return own
+    half = num_particles // 2
+    paired = torch.where(particle < 2 * half, particle - half, particle)
+    mirror = torch.where(particle < half, particle + half, paired)
+    return own | (owner.unsqueeze(0) == mirror.unsqueeze(1))
+
+
 class ContrastiveNetwork(nn.Module):
     r"""
     The classifier :math:`s(x, z, \beta)`: an embedding of each observed
@@ -666,8 +681,10 @@ class ContrastiveRatioEstimator(RatioEstimator):
             return torch.zeros(())
         P, M = pair.num_particles, pair.roles.num_points
         others = self._leaves_own_out(P)
-        # Leaving a particle's own out, draw enough that about normalizer_draws remain.
-        wanted = -(-self.normalizer_draws * P // (P - 1)) if others else self.normalizer_draws
+        # Leaving out a particle's own (and its mirror image's), draw enough that about
+        # normalizer_draws remain.
+        left_out = (2 if pair.mirrored else 1) if others else 0
+        wanted = -(-self.normalizer_draws * P // (P - left_out))
         pick = rows[torch.randperm(rows.numel())[:wanted]]
         J = pick.numel()
         embedded = net.embed({k: v[pick] for k, v in sims.items()})
@@ -682,7 +699,7 @@ class ContrastiveRatioEstimator(RatioEstimator):
             grid = net.classify(grid_x, loc, pair.q_global).reshape(P, M, J)
         if not others:
             return torch.logsumexp(grid, -1, keepdim=not pair.q_local) - math.log(J)
-        own = (pick // M).unsqueeze(0) == torch.arange(P).unsqueeze(1)  # (P, J)
+        own = _own_simulations(pick // M, P, pair.mirrored)  # (P, J)
         if pair.q_local:
             own = own.unsqueeze(1)  # (P, 1, J)
         count = (~own).sum(-1, keepdim=True)

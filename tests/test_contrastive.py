@@ -151,11 +151,21 @@ def test_joint_estimator_arguments_are_checked(kwargs, match):
 
 @pytest.mark.parametrize("locals_", [False, True])
 @pytest.mark.parametrize(
-    "normalizer, P, leaves_own_out",
-    [("all", 4, False), ("others", 4, True), ("auto", 4, True), ("auto", 2, False)],
+    "normalizer, P, mirrored, left_out",
+    [
+        ("all", 4, False, lambda p, P: []),
+        ("others", 4, False, lambda p, P: [p]),
+        ("auto", 4, False, lambda p, P: [p]),
+        ("auto", 2, False, lambda p, P: []),
+        # Mirrored particles (k and k + P // 2; an odd last one unmirrored): the mirror
+        # image's simulations are not independent of the particle's latents either.
+        ("others", 4, True, lambda p, P: [p, (p + 2) % 4]),
+        ("others", 5, True, lambda p, P: [p] if p == 4 else [p, (p + 2) % 4]),
+        ("all", 4, True, lambda p, P: []),
+    ],
 )
 def test_the_normalizer_leaves_out_each_particles_own_simulations_if_asked(
-    normalizer, P, leaves_own_out, locals_
+    normalizer, P, mirrored, left_out, locals_
 ):
     # A stand-in network whose logit at a simulation is the index of the particle that drew
     # it: the normaliser of particle p is then the log mean of exp(q) over the particles q
@@ -170,6 +180,7 @@ def test_the_normalizer_leaves_out_each_particles_own_simulations_if_asked(
     pair = SimpleNamespace(
         p_observed={"x": index},
         num_particles=P,
+        mirrored=mirrored,
         roles=SimpleNamespace(num_points=M),
         q_local={"z": torch.zeros(P, M, 1)} if locals_ else {},
         q_global={"beta": torch.zeros(P, 1)},
@@ -177,9 +188,8 @@ def test_the_normalizer_leaves_out_each_particles_own_simulations_if_asked(
     estimator = ContrastiveRatioEstimator(normalizer=normalizer, normalizer_draws=100)
     found = estimator._log_normalizer(net, pair, torch.ones(P, M, dtype=torch.bool))
     assert found.shape == ((P, M) if locals_ else (P, 1))
-    q = torch.arange(P, dtype=torch.float)
     for p in range(P):
-        used = q[q != p] if leaves_own_out else q
+        used = torch.tensor([float(k) for k in range(P) if k not in left_out(p, P)])
         expected = torch.logsumexp(used, 0) - math.log(len(used))
         assert torch.allclose(found[p], expected.expand_as(found[p])), (p, found)
 
