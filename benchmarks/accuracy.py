@@ -64,15 +64,14 @@ def fit_example(
     particles: int | None = None,
     normalizer: str | None = None,
     self_normalize: bool = True,
-    debias: bool = False,
 ) -> tuple[Any, Callable[..., None], LFVI, list[str], float]:
     """
     Fit example ``name`` at seed ``seed`` with the budgets of ``MODELS`` (or
     ``steps`` and ``final_lr``), with its structured guide where it has one
     (unless ``mean_field``), recording every ``LFVIWarning``; ``particles``
     sets ``LFVI(num_particles=...)`` (default: LFVI's), ``normalizer`` the
-    contrastive estimator's ``normalizer`` (default: the estimator's),
-    ``debias`` its ``debias``, and ``self_normalize`` LFVI's.
+    contrastive estimator's ``normalizer`` (default: the estimator's), and
+    ``self_normalize`` LFVI's.
 
     :returns: the problem, the guide fitted, the LFVI instance, the warnings'
         messages, and the wall time in seconds.
@@ -85,10 +84,8 @@ def fit_example(
     kwargs: dict[str, Any] = {"estimator": estimator}
     if particles is not None:
         kwargs["num_particles"] = particles
-    if normalizer is not None or debias:
-        kwargs["estimator"] = ContrastiveRatioEstimator(
-            normalizer=normalizer or "auto", debias=debias
-        )
+    if normalizer is not None:
+        kwargs["estimator"] = ContrastiveRatioEstimator(normalizer=normalizer)
     if not self_normalize:
         kwargs["self_normalize"] = False
     if summary and isinstance(problem, HierarchicalNormal):
@@ -132,7 +129,6 @@ def run(
     particles: int | None = None,
     normalizer: str | None = None,
     self_normalize: bool = True,
-    debias: bool = False,
 ) -> tuple[dict, float, list, float | None]:
     problem, guide, elbo, raised, seconds = fit_example(
         name,
@@ -145,7 +141,6 @@ def run(
         particles=particles,
         normalizer=normalizer,
         self_normalize=self_normalize,
-        debias=debias,
     )
     jitter = elbo.monitor.final_jitter if elbo.monitor is not None else None
     return guide_errors(problem, guide), seconds, [m[:width] for m in raised], jitter
@@ -183,9 +178,6 @@ def main() -> None:
         "--no-self-normalize", action="store_true", help="LFVI(self_normalize=False)"
     )
     parser.add_argument(
-        "--debias", action="store_true", help="ContrastiveRatioEstimator(debias=True)"
-    )
-    parser.add_argument(
         "--full-warnings", action="store_true", help="print each warning whole (default: 60 chars)"
     )
     args = parser.parse_args()
@@ -208,7 +200,6 @@ def main() -> None:
                 particles=args.particles,
                 normalizer=args.normalizer,
                 self_normalize=not args.no_self_normalize,
-                debias=args.debias,
             )
             jittered = "-" if jitter is None else f"{jitter:.2f}"
             for site, e in errors.items():

@@ -33,7 +33,7 @@ import pyro
 import torch
 from fitting import decaying_adam, standardized_errors
 
-from pyro_lfvi import LFVI, ContrastiveRatioEstimator
+from pyro_lfvi import LFVI
 from pyro_lfvi.examples.series import PooledSeries
 
 MB = 2**20
@@ -49,8 +49,7 @@ def run_one(size: int, args: argparse.Namespace) -> dict[str, object]:
     pyro.clear_param_store()
     problem = PooledSeries(num_series=size, batch_size=100)
     exact = problem.exact()
-    estimator = ContrastiveRatioEstimator(normalizer=args.normalizer, debias=args.debias)
-    elbo = LFVI(antithetic=args.antithetic, estimator=estimator)
+    elbo = LFVI(antithetic=args.antithetic)
     optim = decaying_adam(args.steps, args.lr, args.final_lr)
     svi = pyro.infer.SVI(problem.model, problem.guide, optim, elbo)
     first = None
@@ -95,15 +94,6 @@ def main() -> None:
     parser.add_argument(
         "--antithetic", action="store_true", help="LFVI(antithetic=True): mirrored particles"
     )
-    parser.add_argument(
-        "--normalizer",
-        choices=["auto", "all", "others"],
-        default="auto",
-        help="ContrastiveRatioEstimator(normalizer=...) (default: the estimator's, 'auto')",
-    )
-    parser.add_argument(
-        "--debias", action="store_true", help="ContrastiveRatioEstimator(debias=True)"
-    )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child process
     args = parser.parse_args()
     if args.one is not None:
@@ -111,9 +101,7 @@ def main() -> None:
         return
     print(
         f"PooledSeries, minibatches of 100 series, LFVI defaults"
-        f"{' with antithetic=True' if args.antithetic else ''}"
-        f", normalizer={args.normalizer!r}{', debias=True' if args.debias else ''}, "
-        f"lr {args.lr} -> "
+        f"{' with antithetic=True' if args.antithetic else ''}, lr {args.lr} -> "
         f"{args.final_lr} over {args.steps} steps, at most {args.max_seconds:.0f} s a run, "
         f"seed {args.seed}"
     )
@@ -124,10 +112,9 @@ def main() -> None:
             + [
                 f"--{k.replace('_', '-')}={v}"
                 for k, v in vars(args).items()
-                if k not in ("sizes", "one", "antithetic", "debias")
+                if k not in ("sizes", "one", "antithetic")
             ]
             + (["--antithetic"] if args.antithetic else [])
-            + (["--debias"] if args.debias else [])
         )
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         row = json.loads(out.strip().splitlines()[-1])

@@ -164,33 +164,6 @@ def _own_simulations(owner: torch.Tensor, num_particles: int, mirrored: bool) ->
     return own | (owner.unsqueeze(0) == mirror.unsqueeze(1))
 
 
-def _jensen_bias(
-    grid: torch.Tensor, own: torch.Tensor, owner: torch.Tensor, num_particles: int
-) -> torch.Tensor:
-    """How far ``log mean_j exp grid`` over the simulations not ``own`` lies
-    below the log of its expectation, to second order: half the squared
-    relative standard error of the mean, ``Var(mean) / (2 mean^2)``. The
-    simulations come in clusters, one per particle that drew them (they share
-    its latents), so the variance is that of the clusters' means over the
-    number of clusters. ``grid`` is ``(P, J)`` or ``(P, M, J)``, ``own`` broadcasts
-    to it, ``owner`` is ``(J,)``; the result has ``grid``'s shape with ``J`` kept as 1."""
-    keep = (~own).to(grid.dtype).expand_as(grid)
-    # Weights relative to each row's largest kept logit (the ratio below is scale-free).
-    top = grid.masked_fill(own, -math.inf).amax(-1, keepdim=True)
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    weight = torch.exp(grid - top) * keep
-    cluster = nn.functional.one_hot(owner, num_particles).to(grid.dtype)  # (J, P)
-    sums, counts = weight @ cluster, keep @ cluster  # (..., P): by drawing particle
-    used = counts > 0
-    clusters = used.sum(-1, keepdim=True)
-    means = torch.where(used, sums / counts.clamp_min(1), 0.0)
-    centre = means.sum(-1, keepdim=True) / clusters.clamp_min(1)
-    spread = ((means - centre) ** 2 * used).sum(-1, keepdim=True) / (clusters - 1).clamp_min(1)
-    mean = sums.sum(-1, keepdim=True) / counts.sum(-1, keepdim=True).clamp_min(1)
-    bias = spread / clusters.clamp_min(1) / (2 * mean.clamp_min(1e-30) ** 2)
-    return torch.where(clusters > 1, bias, 0.0)
-
-
 class ContrastiveNetwork(nn.Module):
     r"""
     The classifier :math:`s(x, z, \beta)`: an embedding of each observed
@@ -429,14 +402,6 @@ class ContrastiveRatioEstimator(RatioEstimator):
         moments are not part of ``state_dict`` (a resumed run restarts them),
         and data-parallel training refuses it.
     :param float refine_lr: the learning rate of those updates (default 1e-3).
-    :param bool debias: with ``normalizer`` leaving each particle's own
-        simulations out, add to the normaliser its second-order bias, half the
-        squared relative standard error of the average (the simulations
-        clustered by the particle that drew them), so that its expectation is
-        closer to the log of the average's (default False: an experiment, see
-        README's "Scaling up"). The log of an average is biased low, the more
-        so where the particle's latents lie away from the other particles', and
-        the ELBO's ``-N`` times it pushes the guide outwards.
 
     References
 
@@ -464,7 +429,6 @@ class ContrastiveRatioEstimator(RatioEstimator):
         replay: int = 0,
         refine_steps: int = 0,
         refine_lr: float = 1e-3,
-        debias: bool = False,
     ) -> None:
         if embedding is not None and not isinstance(embedding, nn.Module | Mapping):
             raise ValueError(
@@ -507,7 +471,6 @@ class ContrastiveRatioEstimator(RatioEstimator):
                 "or more particles"
             )
         self.normalizer = normalizer
-        self.debias = bool(debias)
         self.replay = check_nonnegative_int("replay", replay)
         self._replay: list[Rows] = []
         self.refine_steps = check_nonnegative_int("refine_steps", refine_steps)
@@ -742,8 +705,6 @@ class ContrastiveRatioEstimator(RatioEstimator):
         count = (~own).sum(-1, keepdim=True)
         total = torch.logsumexp(grid.masked_fill(own, -math.inf), -1, keepdim=True)
         normalizer = torch.where(count > 0, total - count.clamp_min(1).log(), 0.0)
-        if self.debias:
-            normalizer = normalizer + _jensen_bias(grid, own, pick // M, P)
         return normalizer if not pair.q_local else normalizer.squeeze(-1)
 
     def _leaves_own_out(self, num_particles: int) -> bool:

@@ -405,29 +405,3 @@ def test_untrained_standardisation_is_saved_but_not_stepped(estimator, untrained
     stepped = {store.param_name(p) for p in optim.optim_objs}
     assert not untrained & stepped
     assert any(name.endswith("weight") for name in stepped)  # the weights are trained
-
-
-@pytest.mark.parametrize("locals_", [False, True])
-def test_debias_adds_the_second_order_bias_of_the_log_average(locals_):
-    # Logit log(q + 1) at every simulation of particle q: particle p's average is over the
-    # other particles' values q + 1, one cluster each, and debias adds half the squared
-    # relative standard error of that average, Var_q(q + 1) / K / (2 mean^2).
-    P, M = 4, 3
-    index = torch.arange(P, dtype=torch.float).reshape(P, 1, 1).expand(P, M, 1)
-    net = SimpleNamespace(embed=lambda sims: sims["x"], classify=lambda x, local, g: x[..., 0])
-    pair = SimpleNamespace(
-        p_observed={"x": (index + 1).log()},
-        num_particles=P,
-        mirrored=False,
-        roles=SimpleNamespace(num_points=M),
-        q_local={"z": torch.zeros(P, M, 1)} if locals_ else {},
-        q_global={"beta": torch.zeros(P, 1)},
-    )
-    valid = torch.ones(P, M, dtype=torch.bool)
-    plain = ContrastiveRatioEstimator(normalizer="others", normalizer_draws=100)
-    debiased = ContrastiveRatioEstimator(normalizer="others", normalizer_draws=100, debias=True)
-    found = debiased._log_normalizer(net, pair, valid) - plain._log_normalizer(net, pair, valid)
-    for p in range(P):
-        values = torch.tensor([q + 1.0 for q in range(P) if q != p])
-        expected = values.var() / len(values) / (2 * values.mean() ** 2)
-        assert torch.allclose(found[p], expected.expand_as(found[p]), atol=1e-6), (p, found)
