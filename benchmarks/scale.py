@@ -33,7 +33,7 @@ import pyro
 import torch
 from fitting import decaying_adam, standardized_errors
 
-from pyro_lfvi import LFVI
+from pyro_lfvi import LFVI, ContrastiveRatioEstimator
 from pyro_lfvi.examples.series import PooledSeries
 
 MB = 2**20
@@ -49,7 +49,8 @@ def run_one(size: int, args: argparse.Namespace) -> dict[str, object]:
     pyro.clear_param_store()
     problem = PooledSeries(num_series=size, batch_size=100)
     exact = problem.exact()
-    elbo = LFVI(antithetic=args.antithetic)
+    estimator = ContrastiveRatioEstimator(normalizer=args.normalizer)
+    elbo = LFVI(antithetic=args.antithetic, estimator=estimator)
     optim = decaying_adam(args.steps, args.lr, args.final_lr)
     svi = pyro.infer.SVI(problem.model, problem.guide, optim, elbo)
     first = None
@@ -94,6 +95,12 @@ def main() -> None:
     parser.add_argument(
         "--antithetic", action="store_true", help="LFVI(antithetic=True): mirrored particles"
     )
+    parser.add_argument(
+        "--normalizer",
+        choices=["auto", "all", "others"],
+        default="auto",
+        help="ContrastiveRatioEstimator(normalizer=...) (default: the estimator's, 'auto')",
+    )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child process
     args = parser.parse_args()
     if args.one is not None:
@@ -101,7 +108,8 @@ def main() -> None:
         return
     print(
         f"PooledSeries, minibatches of 100 series, LFVI defaults"
-        f"{' with antithetic=True' if args.antithetic else ''}, lr {args.lr} -> "
+        f"{' with antithetic=True' if args.antithetic else ''}"
+        f", normalizer={args.normalizer!r}, lr {args.lr} -> "
         f"{args.final_lr} over {args.steps} steps, at most {args.max_seconds:.0f} s a run, "
         f"seed {args.seed}"
     )
