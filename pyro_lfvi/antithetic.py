@@ -56,7 +56,7 @@ from torch.distributions.transforms import Transform
 
 from .compat import Messenger
 
-__all__ = ["AntitheticMessenger", "mirrored_rsample", "normal_noise"]
+__all__ = ["AntitheticMessenger", "mirror_partners", "mirrored_rsample", "normal_noise"]
 
 
 def _mirror(noise: torch.Tensor, position: int) -> torch.Tensor:
@@ -66,6 +66,16 @@ def _mirror(noise: torch.Tensor, position: int) -> torch.Tensor:
     first = noise.narrow(position, 0, half)
     rest = noise.narrow(position, 2 * half, noise.shape[position] - 2 * half)
     return torch.cat([first, -first, rest], position)
+
+
+def mirror_partners(size: int) -> torch.Tensor:
+    """The index of each entry's mirror image under the mirroring above, for
+    ``size`` entries: ``k + size // 2`` for the first half, ``k - size // 2``
+    for the second, and an odd last entry its own."""
+    index = torch.arange(size)
+    half = size // 2
+    second = torch.where(index < 2 * half, index - half, index)
+    return torch.where(index < half, index + half, second)
 
 
 def normal_noise(

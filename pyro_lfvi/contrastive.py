@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .antithetic import mirror_partners
 from .discriminator import Summary, checked_summary, mlp
 from .embeddings import PointShape, default_embedding
 from .errors import DiscriminatorError, SimulatorError
@@ -154,14 +155,10 @@ def _own_simulations(owner: torch.Tensor, num_particles: int, mirrored: bool) ->
     particle ``p``'s own or, with ``mirrored`` particles (particle ``k`` and
     ``k + P // 2``; an odd last one unmirrored), its mirror image's: neither
     is independent of particle ``p``'s latents."""
-    particle = torch.arange(num_particles)
-    own = owner.unsqueeze(0) == particle.unsqueeze(1)
+    own = owner.unsqueeze(0) == torch.arange(num_particles).unsqueeze(1)
     if not mirrored:
         return own
-    half = num_particles // 2
-    paired = torch.where(particle < 2 * half, particle - half, particle)
-    mirror = torch.where(particle < half, particle + half, paired)
-    return own | (owner.unsqueeze(0) == mirror.unsqueeze(1))
+    return own | (owner.unsqueeze(0) == mirror_partners(num_particles).unsqueeze(1))
 
 
 class ContrastiveNetwork(nn.Module):

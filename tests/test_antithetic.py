@@ -9,7 +9,7 @@ from pyro.nn import AutoRegressiveNN
 from torch.distributions import constraints
 
 from pyro_lfvi import LFVI
-from pyro_lfvi.antithetic import AntitheticMessenger, mirrored_rsample
+from pyro_lfvi.antithetic import AntitheticMessenger, mirror_partners, mirrored_rsample
 from pyro_lfvi.contrastive import _shift
 from pyro_lfvi.examples import ConjugateNormal
 from pyro_lfvi.examples.series import PooledSeries
@@ -184,3 +184,16 @@ def test_lfvi_rounds_its_own_particle_count_up_to_even():
     plain = LFVI()
     (pair,) = plain._pair(problem.model, problem.guide, (problem.data,), {})
     assert plain.num_particles == 9 and not pair.mirrored
+
+
+@pytest.mark.parametrize("size", [2, 4, 5, 8, 13])
+def test_mirror_partners_index_each_draws_mirror_image(size):
+    # The mirrored draws of a Normal: entry mirror_partners[k] is minus entry k, except an
+    # odd last entry, which is its own partner and stays as drawn.
+    base = dist.Normal(torch.zeros(size), 1.0)
+    draws = mirrored_rsample(base, 0)
+    partner = mirror_partners(size)
+    assert sorted(partner.tolist()) == list(range(size))
+    own = partner == torch.arange(size)
+    assert own.sum() == size % 2
+    assert torch.equal(draws[partner][~own], -draws[~own])
