@@ -667,11 +667,34 @@ class ContrastiveRatioEstimator(RatioEstimator):
         """
         self._replay = replay_from_state(state)
 
-    def _log_normalizer(
-        self, net: ContrastiveNetwork, pair: PairedJoints, valid: torch.Tensor
+    def normalizes(self, pair: PairedJoints) -> bool:
+        """Whether the ratio at the observed data is self-normalised for ``pair``
+        (``self_normalize`` and more than one data point)."""
+        return self.self_normalize and pair.roles.full_size > 1
+
+    def log_normalizer(
+        self,
+        net: ContrastiveNetwork,
+        pair: PairedJoints,
+        valid: torch.Tensor,
+        local: Mapping[str, torch.Tensor] | None = None,
+        global_: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """``log mean_j exp s(x'_j, z_n, beta)`` over finite simulations ``x'_j``
-        (with ``normalizer="others"``, of the other particles only), (P, M)."""
+        r"""
+        The self-normaliser :math:`\log \frac{1}{J}\sum_j e^{s(x'_j, z, \beta)}`
+        over finite simulations :math:`x'_j` of ``pair`` (with ``"others"``,
+        of the other particles only), at the latents ``local`` and ``global_``
+        (default: the guide's, ``pair.q_local`` and ``pair.q_global``); it is
+        differentiable in them.
+
+        :param ContrastiveNetwork net: the estimator's network.
+        :param PairedJoints pair: one step's paired joints.
+        :param torch.Tensor valid: which simulations are finite, ``(P, M)``.
+        :returns: ``(P, M)`` with local latents, ``(P, 1)`` without.
+        :rtype: torch.Tensor
+        """
+        local = pair.q_local if local is None else local
+        global_ = pair.q_global if global_ is None else global_
         sims = {k: v.detach().flatten(0, 1) for k, v in pair.p_observed.items()}
         rows = valid.flatten().nonzero().squeeze(-1)
         if rows.numel() == 0:
@@ -685,24 +708,24 @@ class ContrastiveRatioEstimator(RatioEstimator):
         pick = rows[torch.randperm(rows.numel())[:wanted]]
         J = pick.numel()
         embedded = net.embed({k: v[pick] for k, v in sims.items()})
-        if not pair.q_local:  # the latents are the same for every point of a particle
-            grid = net.classify(embedded.expand(P, J, embedded.shape[-1]), {}, pair.q_global)
+        if not local:  # the latents are the same for every point of a particle
+            grid = net.classify(embedded.expand(P, J, embedded.shape[-1]), {}, global_)
         else:
             grid_x = embedded.expand(P, M, J, embedded.shape[-1]).reshape(P, M * J, -1)
             loc = {
                 k: v.unsqueeze(2).expand(P, M, J, v.shape[-1]).reshape(P, M * J, -1)
-                for k, v in pair.q_local.items()
+                for k, v in local.items()
             }
-            grid = net.classify(grid_x, loc, pair.q_global).reshape(P, M, J)
+            grid = net.classify(grid_x, loc, global_).reshape(P, M, J)
         if not others:
-            return torch.logsumexp(grid, -1, keepdim=not pair.q_local) - math.log(J)
+            return torch.logsumexp(grid, -1, keepdim=not local) - math.log(J)
         own = _own_simulations(pick // M, P, pair.mirrored)  # (P, J)
-        if pair.q_local:
+        if local:
             own = own.unsqueeze(1)  # (P, 1, J)
         count = (~own).sum(-1, keepdim=True)
         total = torch.logsumexp(grid.masked_fill(own, -math.inf), -1, keepdim=True)
         normalizer = torch.where(count > 0, total - count.clamp_min(1).log(), 0.0)
-        return normalizer if not pair.q_local else normalizer.squeeze(-1)
+        return normalizer if not local else normalizer.squeeze(-1)
 
     def _leaves_own_out(self, num_particles: int) -> bool:
         """Whether the self-normaliser leaves each particle's own simulations out."""
@@ -717,7 +740,7 @@ class ContrastiveRatioEstimator(RatioEstimator):
                 f"estimator, actual {pair.num_particles}; use LFVI(num_particles>=2, "
                 "vectorize_particles=True) or LFVI(estimator='joint')"
             )
-        normalized = self.self_normalize and pair.roles.full_size > 1
+        normalized = self.normalizes(pair)
         if normalized and self.normalizer == "others" and pair.num_particles < 3:
             raise ValueError(
                 "Expected num_particles >= 3 with normalizer='others', actual "
@@ -732,6 +755,6 @@ class ContrastiveRatioEstimator(RatioEstimator):
         with frozen_weights(net):
             log_ratio = net(pair.q_observed, pair.q_local, pair.q_global)
             if normalized:
-                log_ratio = log_ratio - self._log_normalizer(net, pair, valid)
+                log_ratio = log_ratio - self.log_normalizer(net, pair, valid)
         checked_per_point(log_ratio, pair, "ratio network at the observed data")
         return RatioObjectives(log_ratio=log_ratio, loss=loss, stats=stats)

@@ -37,7 +37,10 @@ on the contrastive estimator's network, coordinate by coordinate
 (:mod:`pyro_lfvi.curvature`), and warns when the sd error it predicts
 (``sd_factor``: a curvature that is not the score's variance) leaves the
 accuracy target of the issue "Posteriors you can trust on real simulators",
-sds within 0.8-1.25x. The joint classifier's logit is not a log likelihood
+sds within 0.8-1.25x. Where the ELBO self-normalises the ratio, the identity
+is tested on the self-normalised logit, the one the guide follows: a logit
+may carry any function of the latents alone, which the normaliser takes off.
+The joint classifier's logit is not a log likelihood
 in the latents alone, so it gets the lag test only.
 
 References
@@ -51,7 +54,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -59,7 +62,7 @@ import torch
 from torch import nn
 
 from .contrastive import ContrastiveNetwork, ContrastiveRatioEstimator, finite_simulations
-from .curvature import Curvature, curvature
+from .curvature import Curvature, Normalizer, curvature
 from .errors import LFVIWarning
 from .joint import JointRatioEstimator
 from .validation import check_positive_int, check_positive_number
@@ -184,6 +187,24 @@ def _bank(
     return pairs[:num_batches]
 
 
+def _normalizer(
+    estimator: Checked, net: ContrastiveNetwork, pair: PairedJoints
+) -> Normalizer | None:
+    """The self-normaliser the ELBO subtracts from ``net``'s logit, if it does."""
+    if not isinstance(estimator, ContrastiveRatioEstimator) or not estimator.normalizes(pair):
+        return None
+
+    def normalizer(
+        pair: PairedJoints,
+        valid: torch.Tensor,
+        local: Mapping[str, torch.Tensor],
+        global_: Mapping[str, torch.Tensor],
+    ) -> torch.Tensor:
+        return estimator.log_normalizer(net, pair, valid, local, global_)
+
+    return normalizer
+
+
 def _mean_loss(estimator: Checked, net: nn.Module, pairs: list[PairedJoints]) -> float:
     """Mean training loss over ``pairs``, with the same contrasts for any network."""
     with torch.no_grad(), torch.random.fork_rng():
@@ -256,7 +277,7 @@ def check_ratio_estimator(
     pairs = _bank(elbo, model, guide, args, kwargs, num_batches)
     coordinates: dict[str, Curvature] = {}
     if isinstance(online, ContrastiveNetwork):
-        coordinates = curvature(online, pairs)
+        coordinates = curvature(online, pairs, _normalizer(estimator, online, pairs[0]))
     held = max(2, num_batches // 8)
     train, val, test = pairs[: -2 * held], pairs[-2 * held : -held], pairs[-held:]
 

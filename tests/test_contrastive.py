@@ -186,7 +186,7 @@ def test_the_normalizer_leaves_out_each_particles_own_simulations_if_asked(
         q_global={"beta": torch.zeros(P, 1)},
     )
     estimator = ContrastiveRatioEstimator(normalizer=normalizer, normalizer_draws=100)
-    found = estimator._log_normalizer(net, pair, torch.ones(P, M, dtype=torch.bool))
+    found = estimator.log_normalizer(net, pair, torch.ones(P, M, dtype=torch.bool))
     assert found.shape == ((P, M) if locals_ else (P, 1))
     for p in range(P):
         used = torch.tensor([float(k) for k in range(P) if k not in left_out(p, P)])

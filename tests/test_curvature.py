@@ -7,7 +7,7 @@ import pyro
 import pytest
 import torch
 
-from pyro_lfvi import LFVI, LFVIWarning, check_ratio_estimator, fit
+from pyro_lfvi import LFVI, ContrastiveRatioEstimator, LFVIWarning, check_ratio_estimator, fit
 from pyro_lfvi.contrastive import ContrastiveNetwork
 from pyro_lfvi.curvature import MAX_COORDINATES, Curvature, curvature
 from pyro_lfvi.examples import ConjugateNormal, GaussianLinear
@@ -19,15 +19,25 @@ class ExactLogLikelihood:
 
     theta = staticmethod(ContrastiveNetwork.theta)
 
-    def __init__(self, shrink=1.0):
+    def __init__(self, shrink=1.0, latent_curvature=0.0, centre=0.0, marginal_sd=1.0):
         self.shrink = shrink
+        self.latent_curvature = latent_curvature
+        self.centre = centre
+        self.marginal_sd = marginal_sd
 
     def embed(self, observed):
         return observed["x"]
 
     def classify(self, embedded, local, global_):
-        mu = local["theta"][..., 0]
-        return self.shrink * torch.distributions.Normal(mu, 1.0).log_prob(embedded[..., 0])
+        # With latent_curvature, minus log m(x), the simulations' marginal, and a
+        # function of the latents alone, convex with that curvature.
+        mu = self.theta(local, global_, embedded.shape[:-1])[..., 0]
+        x = embedded[..., 0]
+        logit = self.shrink * torch.distributions.Normal(mu, 1.0).log_prob(x)
+        if self.latent_curvature:
+            marginal = torch.distributions.Normal(self.centre, self.marginal_sd).log_prob(x)
+            logit = logit - marginal + 0.5 * self.latent_curvature * (mu - self.centre) ** 2
+        return logit
 
 
 def conjugate_pairs(scale_factor=1.0, num=64):
@@ -65,6 +75,30 @@ def test_a_shrunk_logit_predicts_a_too_wide_posterior(seed):
     c = curvature(ExactLogLikelihood(shrink=0.5), pairs)["mu"]
     assert abs(c.ratio - 2.0) < 0.15
     assert abs(c.sd_factor - math.sqrt(2.0)) < 0.1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_function_of_the_latents_alone_is_normalised_away(seed):
+    # The exact log ratio plus a convex function of mu alone: the raw logit's curvature
+    # (1 - 4 = -3 per data point) breaks the identity, but the self-normalised logit,
+    # which the ELBO uses, is the exact one again.
+    torch.manual_seed(seed)
+    pairs, sd = conjugate_pairs()
+    problem = ConjugateNormal()
+    net = ExactLogLikelihood(
+        latent_curvature=4.0, centre=problem.true_mu, marginal_sd=(1 + (2 * sd) ** 2) ** 0.5
+    )
+    raw = curvature(net, pairs)["mu"]
+    assert abs(raw.curvature + 3.0) < 0.05 and raw.sd_factor == math.inf
+    estimator = ContrastiveRatioEstimator()
+
+    def normalizer(pair, valid, local, global_):
+        return estimator.log_normalizer(net, pair, valid, local, global_)
+
+    before = torch.get_rng_state()
+    c = curvature(net, pairs, normalizer)["mu"]
+    assert torch.equal(torch.get_rng_state(), before)
+    assert abs(c.ratio - 1.0) < 0.15 and 0.9 < c.sd_factor < 1.1, c
 
 
 def test_a_guide_wider_than_its_likelihood_is_measured():
