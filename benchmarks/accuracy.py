@@ -64,6 +64,7 @@ def fit_example(
     particles: int | None = None,
     normalizer: str | None = None,
     self_normalize: bool = True,
+    antithetic: bool = False,
 ) -> tuple[Any, Callable[..., None], LFVI, list[str], float]:
     """
     Fit example ``name`` at seed ``seed`` with the budgets of ``MODELS`` (or
@@ -71,7 +72,7 @@ def fit_example(
     (unless ``mean_field``), recording every ``LFVIWarning``; ``particles``
     sets ``LFVI(num_particles=...)`` (default: LFVI's), ``normalizer`` the
     contrastive estimator's ``normalizer`` (default: the estimator's), and
-    ``self_normalize`` LFVI's.
+    ``self_normalize`` and ``antithetic`` LFVI's.
 
     :returns: the problem, the guide fitted, the LFVI instance, the warnings'
         messages, and the wall time in seconds.
@@ -88,6 +89,8 @@ def fit_example(
         kwargs["estimator"] = ContrastiveRatioEstimator(normalizer=normalizer)
     if not self_normalize:
         kwargs["self_normalize"] = False
+    if antithetic:
+        kwargs["antithetic"] = True
     if summary and isinstance(problem, HierarchicalNormal):
         kwargs["summary"] = problem.summary
     # Hierarchical examples with a structured guide (locals that move with the
@@ -129,6 +132,7 @@ def run(
     particles: int | None = None,
     normalizer: str | None = None,
     self_normalize: bool = True,
+    antithetic: bool = False,
 ) -> tuple[dict, float, list, float | None]:
     problem, guide, elbo, raised, seconds = fit_example(
         name,
@@ -141,6 +145,7 @@ def run(
         particles=particles,
         normalizer=normalizer,
         self_normalize=self_normalize,
+        antithetic=antithetic,
     )
     jitter = elbo.monitor.final_jitter if elbo.monitor is not None else None
     return guide_errors(problem, guide), seconds, [m[:width] for m in raised], jitter
@@ -178,6 +183,9 @@ def main() -> None:
         "--no-self-normalize", action="store_true", help="LFVI(self_normalize=False)"
     )
     parser.add_argument(
+        "--antithetic", action="store_true", help="LFVI(antithetic=True): mirrored particles"
+    )
+    parser.add_argument(
         "--full-warnings", action="store_true", help="print each warning whole (default: 60 chars)"
     )
     args = parser.parse_args()
@@ -200,6 +208,7 @@ def main() -> None:
                 particles=args.particles,
                 normalizer=args.normalizer,
                 self_normalize=not args.no_self_normalize,
+                antithetic=args.antithetic,
             )
             jittered = "-" if jitter is None else f"{jitter:.2f}"
             for site, e in errors.items():
