@@ -14,10 +14,12 @@ the script reports:
   0.8-1.25x of the reference's (issue 11's target: 10^5 series within 10
   minutes on 2 CPU cores), and whether the last check still meets them;
 - steps per second;
-- peak resident memory, and the data's own size.
+- peak resident memory, and the data's own size;
+- with ``--check``, the warnings of ``fit``'s end-of-training checks.
 
     OMP_NUM_THREADS=1 python benchmarks/scale.py --sizes 1000 10000 100000
     OMP_NUM_THREADS=1 python benchmarks/scale.py --sizes 10000 100000 --antithetic
+    OMP_NUM_THREADS=1 python benchmarks/scale.py --sizes 10000 --check   # and fit's checks
 """
 
 from __future__ import annotations
@@ -28,12 +30,19 @@ import resource
 import subprocess
 import sys
 import time
+import warnings
 
 import pyro
 import torch
 from fitting import decaying_adam, standardized_errors
 
-from pyro_lfvi import LFVI, ContrastiveRatioEstimator
+from pyro_lfvi import (
+    LFVI,
+    ContrastiveRatioEstimator,
+    LFVIWarning,
+    check_ratio_estimator,
+    check_stationarity,
+)
 from pyro_lfvi.examples.series import PooledSeries
 
 MB = 2**20
@@ -41,6 +50,23 @@ MB = 2**20
 
 def meets(err: dict[str, dict[str, float]]) -> bool:
     return all(abs(e["mean_error_sd"]) < 0.5 and 0.8 < e["sd_ratio"] < 1.25 for e in err.values())
+
+
+def end_of_training_checks(elbo: LFVI, problem: PooledSeries) -> dict[str, object]:
+    """The LFVIWarnings of fit's end-of-training checks on the fitted guide, with the
+    sd factors that the ratio estimator's Bartlett test and the guide's stationarity
+    check predict for each global."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LFVIWarning)
+        if elbo.monitor is not None:
+            elbo.monitor.check_convergence()
+        estimator = check_ratio_estimator(elbo, problem.model, problem.guide, problem.data)
+        guide = check_stationarity(elbo, problem.model, problem.guide, problem.data)
+    return {
+        "warnings": [str(w.message) for w in caught if issubclass(w.category, LFVIWarning)],
+        "bartlett_sd_factor": {k: round(c.sd_factor, 3) for k, c in estimator.curvature.items()},
+        "stationarity_sd_factor": {k: round(c.sd_factor, 3) for k, c in guide.items()},
+    }
 
 
 def run_one(size: int, args: argparse.Namespace) -> dict[str, object]:
@@ -70,6 +96,7 @@ def run_one(size: int, args: argparse.Namespace) -> dict[str, object]:
     seconds = time.perf_counter() - start
     step, _, last_ok, last_err = checks[-1]
     return {
+        "checks": end_of_training_checks(elbo, problem) if args.check else None,
         "size": size,
         "steps": step,
         "seconds": seconds,
@@ -101,6 +128,9 @@ def main() -> None:
         default="auto",
         help="ContrastiveRatioEstimator(normalizer=...) (default: the estimator's, 'auto')",
     )
+    parser.add_argument(
+        "--check", action="store_true", help="run fit's end-of-training checks; print warnings"
+    )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child process
     args = parser.parse_args()
     if args.one is not None:
@@ -120,9 +150,10 @@ def main() -> None:
             + [
                 f"--{k.replace('_', '-')}={v}"
                 for k, v in vars(args).items()
-                if k not in ("sizes", "one", "antithetic")
+                if k not in ("sizes", "one", "antithetic", "check")
             ]
             + (["--antithetic"] if args.antithetic else [])
+            + (["--check"] if args.check else [])
         )
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         row = json.loads(out.strip().splitlines()[-1])
@@ -140,6 +171,14 @@ def main() -> None:
             f"(data {row['data_mb']:.1f} MB); exact sds {row['exact_sd']}",
             flush=True,
         )
+        checks = row["checks"]
+        if checks is not None:
+            factors = {k: checks[k] for k in ("bartlett_sd_factor", "stationarity_sd_factor")}
+            print(f"    predicted sd factors: {json.dumps(factors)}", flush=True)
+            for message in checks["warnings"]:
+                print(f"    LFVIWarning: {message[:160]}...", flush=True)
+            if not checks["warnings"]:
+                print("    no LFVIWarning from the end-of-training checks", flush=True)
 
 
 if __name__ == "__main__":

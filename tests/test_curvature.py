@@ -10,7 +10,7 @@ import torch
 from pyro_lfvi import LFVI, ContrastiveRatioEstimator, LFVIWarning, check_ratio_estimator, fit
 from pyro_lfvi.contrastive import ContrastiveNetwork
 from pyro_lfvi.curvature import MAX_COORDINATES, Curvature, curvature
-from pyro_lfvi.examples import ConjugateNormal, GaussianLinear
+from pyro_lfvi.examples import ConjugateNormal, GaussianLinear, HierarchicalNormal
 
 
 class ExactLogLikelihood:
@@ -99,6 +99,54 @@ def test_a_function_of_the_latents_alone_is_normalised_away(seed):
     c = curvature(net, pairs, normalizer)["mu"]
     assert torch.equal(torch.get_rng_state(), before)
     assert abs(c.ratio - 1.0) < 0.15 and 0.9 < c.sd_factor < 1.1, c
+
+
+class GroupLogLikelihood:
+    """A stand-in with local and global latents (``HierarchicalNormal``): the
+    log likelihood of a group's points given its mean, plus ``extra(theta)``."""
+
+    theta = staticmethod(ContrastiveNetwork.theta)
+
+    def __init__(self, extra=None):
+        self.extra = extra
+
+    def embed(self, observed):
+        return observed["y"]
+
+    def classify(self, embedded, local, global_):
+        theta = self.theta(local, global_, embedded.shape[:-1])  # theta, mu, tau
+        logit = torch.distributions.Normal(theta[..., :1], 1.0).log_prob(embedded).sum(-1)
+        return logit if self.extra is None else logit + self.extra(theta)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_normaliser_takes_off_any_function_of_the_latents(seed):
+    # Local and global latents (rows normalised one by one): adding a function of the
+    # latents alone changes the raw logit's identity but not the self-normalised one.
+    torch.manual_seed(seed)
+    problem = HierarchicalNormal()
+    elbo = LFVI()
+    with torch.no_grad():
+        pairs = [elbo._pair(problem.model, problem.guide, (problem.data,), {})[0] for _ in range(8)]
+    assert pairs[0].p_local and pairs[0].p_global
+    estimator = ContrastiveRatioEstimator()
+
+    def results(net, normalised):
+        def normalizer(pair, valid, local, global_):
+            return estimator.log_normalizer(net, pair, valid, local, global_)
+
+        found = curvature(net, pairs, normalizer if normalised else None)
+        return {k: (c.score_variance, c.curvature) for k, c in found.items()}
+
+    plain = GroupLogLikelihood()
+    shifted = GroupLogLikelihood(lambda t: 3.0 * t[..., 0] ** 2 - t[..., 0] * t[..., 1] + t[..., 2])
+    assert set(results(plain, True)) == {"theta", "mu", "tau"}
+    for name, (a, b) in results(plain, True).items():
+        a2, b2 = results(shifted, True)[name]
+        assert a2 == pytest.approx(a, rel=1e-4, abs=1e-4)
+        assert b2 == pytest.approx(b, rel=1e-4, abs=1e-4)
+    raw, raw_shifted = results(plain, False)["theta"], results(shifted, False)["theta"]
+    assert raw_shifted[1] == pytest.approx(raw[1] - 6.0, rel=1e-4)
 
 
 def test_a_guide_wider_than_its_likelihood_is_measured():
