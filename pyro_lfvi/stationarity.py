@@ -53,7 +53,10 @@ with the globals, whose share of :math:`M` is taken off too
 (:func:`~pyro_lfvi.noise_probe.local_schur`).
 Where that factor leaves 0.8-1.25 by
 three standard errors of its logarithm while the guide is at its optimum, the
-check warns that the guide's family cannot represent the posterior.
+check warns that the guide's family cannot represent the posterior; where the
+factor is above 1.25 it warns instead that the guide is wider than its posterior
+(a guide that lacks correlations only comes out narrower, so a wide guide has not
+converged, though its scales' own gradients are too noisy to show it).
 
 With partial correlations near :math:`\pm 1` the full factor hangs on small
 differences: it swings between batches, and a noisy :math:`M` can stop being
@@ -315,10 +318,13 @@ def check_stationarity(
         few = trained if trained < _FEW_PARTICLES and roles.full_size > 1 else None
         message = _message(result, failed, len(batches) * size, few)
         warnings.warn(message, LFVIWarning, stacklevel=2)
-    family = [name for name, s in result.items() if s.marginal_failed and not s.failed]
-    if warn and family:
-        message = _family_message(result, family, through_locals, list(probe.local_scales))
-        warnings.warn(message, LFVIWarning, stacklevel=2)
+    marginal = [name for name, s in result.items() if s.marginal_failed and not s.failed]
+    if warn and marginal:
+        draws = len(batches) * size
+        for message in _marginal_messages(
+            result, marginal, draws, through_locals, list(probe.local_scales)
+        ):
+            warnings.warn(message, LFVIWarning, stacklevel=2)
     return result
 
 
@@ -388,12 +394,47 @@ def _message(
             "the default 8 particles 0.97-1.04x). Train again with LFVI's default "
             "num_particles; then check again (pyro_lfvi.check_stationarity)."
         )
-    return opening + (
-        "The learning rate likely decayed before the "
-        "scales settled: train longer or let the learning rate decay more slowly. With "
-        "minibatches of many data points, LFVI(antithetic=True) cancels the minibatch noise "
-        "that slows the scales. Then check again (pyro_lfvi.check_stationarity)."
-    )
+    return opening + _SETTLE
+
+
+_SETTLE = (
+    "The learning rate likely decayed before the scales settled: train longer or let the "
+    "learning rate decay more slowly. With minibatches of many data points, "
+    "LFVI(antithetic=True) cancels the minibatch noise that slows the scales. Then check "
+    "again (pyro_lfvi.check_stationarity)."
+)
+
+
+def _marginal_messages(
+    result: dict[str, Stationarity],
+    failed: list[str],
+    draws: int,
+    through_locals: list[str],
+    local: list[str],
+) -> list[str]:
+    """The warnings for coordinates whose marginal sd factor failed while their
+    scale gradient did not: too narrow, the guide's family (it lacks
+    correlations); too wide, its convergence, since correlations a guide lacks
+    only ever narrow it."""
+    wide = [name for name in failed if _sized(result[name])[0] > 1.0]
+    narrow = [name for name in failed if name not in wide]
+    messages = []
+    if wide:
+        parts = [
+            f"'{name}': the guide's sd {_sized(result[name])[1]} the posterior's marginal sd"
+            for name in sorted(wide, key=lambda n: -_sized(result[n])[0])
+        ]
+        messages.append(
+            f"the guide is wider than its posterior: on {draws} mirrored guide draws at the "
+            "end of training, the ELBO's curvature in the guide's noise shows "
+            + _listing(parts)
+            + " (the scales' own gradients are too noisy to show it alone, and correlations "
+            "that a guide lacks make it narrower, not wider). Do not trust these posterior "
+            "sds: they are too wide. " + _SETTLE
+        )
+    if narrow:
+        messages.append(_family_message(result, narrow, through_locals, local))
+    return messages
 
 
 def _locals(

@@ -273,6 +273,27 @@ def test_the_family_warning_points_hierarchical_guides_to_locals_that_follow_the
     assert advice not in _family_message({"tau": s}, ["tau"], [], ["z"])
 
 
+def test_a_guide_wider_than_its_marginals_is_warned_as_unconverged_not_as_its_family():
+    # A marginal sd factor above the range, with an insignificant scale gradient: lacking
+    # correlations only narrows a guide, so the warning names convergence, not the family.
+    from pyro_lfvi.stationarity import _marginal_messages
+
+    nan = float("nan")
+    wide = Stationarity(-2.0, 1.5, 3.5, 0.3, "b", 0.2, nan, nan)
+    narrow = Stationarity(0.01, 0.02, 0.6, 0.05, "a", 0.2, 0.4, 0.05)
+    assert wide.marginal_failed and not wide.failed and narrow.marginal_failed
+    first, *rest = _marginal_messages({"a": wide}, ["a"], 512, [], [])
+    assert not rest and first.startswith("the guide is wider than its posterior")
+    assert "about 3.50x the posterior's marginal sd" in first and "antithetic=True" in first
+    assert "family" not in first
+    both = _marginal_messages({"a": narrow, "b": wide}, ["a", "b"], 512, [], [])
+    assert [m.split(":")[0] for m in both] == [
+        "the guide is wider than its posterior",
+        "the guide's family cannot represent this posterior",
+    ]
+    assert "'b'" in both[0] and "'a'" not in both[0] and "'a'" in both[1]
+
+
 def test_an_insignificant_bound_or_one_inside_the_range_does_not_warn():
     nan = float("nan")
     assert not Stationarity(0.0, 0.02, nan, nan, "b", 0.5, 0.75, 0.01).marginal_failed
