@@ -685,12 +685,13 @@ class ContrastiveRatioEstimator(RatioEstimator):
         over finite simulations :math:`x'_j` of ``pair`` (with ``"others"``,
         of the other particles only), at the latents ``local`` and ``global_``
         (default: the guide's, ``pair.q_local`` and ``pair.q_global``); it is
-        differentiable in them.
+        differentiable in them. Local latents may be given at a subset of the
+        data points, ``(P, R, d)``.
 
         :param ContrastiveNetwork net: the estimator's network.
         :param PairedJoints pair: one step's paired joints.
         :param torch.Tensor valid: which simulations are finite, ``(P, M)``.
-        :returns: ``(P, M)`` with local latents, ``(P, 1)`` without.
+        :returns: ``(P, R)`` with local latents, ``(P, 1)`` without.
         :rtype: torch.Tensor
         """
         local = pair.q_local if local is None else local
@@ -710,13 +711,14 @@ class ContrastiveRatioEstimator(RatioEstimator):
         embedded = net.embed({k: v[pick] for k, v in sims.items()})
         if not local:  # the latents are the same for every point of a particle
             grid = net.classify(embedded.expand(P, J, embedded.shape[-1]), {}, global_)
-        else:
-            grid_x = embedded.expand(P, M, J, embedded.shape[-1]).reshape(P, M * J, -1)
+        else:  # at R rows of local latents per particle (the pair's M, or a subset)
+            R = next(iter(local.values())).shape[1]
+            grid_x = embedded.expand(P, R, J, embedded.shape[-1]).reshape(P, R * J, -1)
             loc = {
-                k: v.unsqueeze(2).expand(P, M, J, v.shape[-1]).reshape(P, M * J, -1)
+                k: v.unsqueeze(2).expand(P, R, J, v.shape[-1]).reshape(P, R * J, -1)
                 for k, v in local.items()
             }
-            grid = net.classify(grid_x, loc, global_).reshape(P, M, J)
+            grid = net.classify(grid_x, loc, global_).reshape(P, R, J)
         if not others:
             return torch.logsumexp(grid, -1, keepdim=not local) - math.log(J)
         own = _own_simulations(pick // M, P, pair.mirrored)  # (P, J)

@@ -57,11 +57,16 @@ import torch
 from .contrastive import ContrastiveNetwork, finite_simulations, zero_nonfinite
 from .pairing import PairedJoints
 
-__all__ = ["Curvature", "MAX_COORDINATES", "Normalizer", "RELEVANT", "curvature"]
+__all__ = ["Curvature", "LOCAL_ROWS", "MAX_COORDINATES", "Normalizer", "RELEVANT", "curvature"]
 
 RELEVANT = 0.25
 """Likelihood share of the guide's precision (:attr:`Curvature.relevance`) from
 which a curvature that is not positive counts as a failure."""
+
+LOCAL_ROWS = 4
+"""With local latents and a self-normalised ratio, the data points per pair
+(drawn at random) at which the identity is measured: each costs the
+normaliser's simulations in network evaluations, with second derivatives."""
 
 MAX_COORDINATES = 64
 """Latent coordinates per data point beyond which :func:`curvature` is not
@@ -161,7 +166,7 @@ def _derivatives(
 def _normalizer_derivatives(
     normalizer: Normalizer, pair: PairedJoints, valid: torch.Tensor, sim: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Derivatives of the self-normaliser at the simulating latents ``sim`` (P, M, k),
+    """Derivatives of the self-normaliser at the simulating latents ``sim`` (P, R, k),
     broadcast to them: per row with local latents, per particle without."""
     if not bool(valid.any()):
         return torch.zeros_like(sim), torch.zeros_like(sim)
@@ -197,7 +202,8 @@ def curvature(
         identity is then measured on the self-normalised logit, the one the
         guide follows. A logit may carry any function of the latents alone
         (the normaliser takes it off), and its curvature would break the
-        identity of the raw logit with a ratio that is right.
+        identity of the raw logit with a ratio that is right. With local
+        latents it is then measured at :data:`LOCAL_ROWS` data points per pair.
     :returns: a :class:`Curvature` by coordinate name (``"a"``, or
         ``"theta[3]"`` for a vector site); empty when there are more than
         :data:`MAX_COORDINATES` latent coordinates per data point, or fewer than
@@ -212,11 +218,18 @@ def curvature(
     points = pairs[0].roles.full_size
     if k == 0 or k > MAX_COORDINATES or pairs[0].num_particles < 2:
         return {}
+    subsets = torch.Generator().manual_seed(0)  # leaves the global random stream alone
     for pair in pairs:
         valid = finite_simulations(pair)
         obs = {n: v.detach() for n, v in zero_nonfinite(pair.p_observed).items()}
         sim = net.theta(pair.p_local, pair.p_global, valid.shape)
         guide = net.theta(pair.q_local, pair.q_global, valid.shape).detach()
+        guide_var.append(guide.var(0).mean(0))  # over particles, then data points
+        measured = valid
+        if normalizer is not None and pair.p_local and valid.shape[1] > LOCAL_ROWS:
+            rows = torch.randperm(valid.shape[1], generator=subsets)[:LOCAL_ROWS]
+            obs = {n: v[:, rows] for n, v in obs.items()}
+            sim, measured = sim[:, rows], valid[:, rows]
         leaf = sim.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             logit = net.classify(net.embed(obs), {"theta": leaf}, {})
@@ -224,12 +237,11 @@ def curvature(
         if normalizer is not None:
             grad_c, second_c = _normalizer_derivatives(normalizer, pair, valid, sim, k)
             grad, second = grad - grad_c, second - second_c
-        w = valid.unsqueeze(-1).to(grad.dtype)
+        w = measured.unsqueeze(-1).to(grad.dtype)
         a = (grad**2 * w).sum((0, 1))
         b = -(second * w).sum((0, 1))
         A, B = (a, b) if A is None or B is None else (A + a, B + b)
-        count += int(valid.sum())
-        guide_var.append(guide.var(0).mean(0))  # over particles, then data points
+        count += int(measured.sum())
     if A is None or B is None or count == 0:
         return {}
     A, B = A / count, B / count
