@@ -190,8 +190,13 @@ def _bank(
 def _normalizer(
     estimator: Checked, net: ContrastiveNetwork, pair: PairedJoints
 ) -> Normalizer | None:
-    """The self-normaliser the ELBO subtracts from ``net``'s logit, if it does."""
+    """The self-normaliser the ELBO subtracts from ``net``'s logit, if it does and
+    leaves each particle's own simulations out; one that averages them (``"all"``,
+    or two particles) depends on more than the latents, so that even an exact ratio
+    would break the identity once normalised, and the raw logit is tested instead."""
     if not isinstance(estimator, ContrastiveRatioEstimator) or not estimator.normalizes(pair):
+        return None
+    if not estimator._leaves_own_out(pair.num_particles):
         return None
 
     def normalizer(
