@@ -170,19 +170,12 @@ def _normalizer_derivatives(
     broadcast to them: per row with local latents, per particle without."""
     if not bool(valid.any()):
         return torch.zeros_like(sim), torch.zeros_like(sim)
-    with torch.random.fork_rng():  # the normaliser draws its simulations at random
-        return _differentiate_normalizer(normalizer, pair, valid, sim, k)
-
-
-def _differentiate_normalizer(
-    normalizer: Normalizer, pair: PairedJoints, valid: torch.Tensor, sim: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    if pair.p_local:
-        leaf = sim.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
+    # The normaliser draws its simulations at random: leave the global stream as it was.
+    with torch.random.fork_rng(), torch.enable_grad():
+        if pair.p_local:
+            leaf = sim.detach().clone().requires_grad_(True)
             return _derivatives(normalizer(pair, valid, {"theta": leaf}, {}), leaf, k)
-    leaf = sim[:, 0].detach().clone().requires_grad_(True)  # globals: one row per particle
-    with torch.enable_grad():
+        leaf = sim[:, 0].detach().clone().requires_grad_(True)  # globals: one row per particle
         grad, second = _derivatives(normalizer(pair, valid, {}, {"theta": leaf}), leaf, k)
     return grad.unsqueeze(1), second.unsqueeze(1)
 

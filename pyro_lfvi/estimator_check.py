@@ -39,7 +39,8 @@ on the contrastive estimator's network, coordinate by coordinate
 accuracy target of the issue "Posteriors you can trust on real simulators",
 sds within 0.8-1.25x. Where the ELBO self-normalises the ratio, the identity
 is tested on the self-normalised logit, the one the guide follows: a logit
-may carry any function of the latents alone, which the normaliser takes off.
+may carry any function of the latents alone, which the normaliser takes off
+(with a normaliser that averages each particle's own simulations, the raw logit).
 The joint classifier's logit is not a log likelihood
 in the latents alone, so it gets the lag test only.
 
@@ -52,9 +53,10 @@ References
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -199,15 +201,7 @@ def _normalizer(
     if not estimator._leaves_own_out(pair.num_particles):
         return None
 
-    def normalizer(
-        pair: PairedJoints,
-        valid: torch.Tensor,
-        local: Mapping[str, torch.Tensor],
-        global_: Mapping[str, torch.Tensor],
-    ) -> torch.Tensor:
-        return estimator.log_normalizer(net, pair, valid, local, global_)
-
-    return normalizer
+    return functools.partial(estimator.log_normalizer, net)
 
 
 def _mean_loss(estimator: Checked, net: nn.Module, pairs: list[PairedJoints]) -> float:
