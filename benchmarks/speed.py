@@ -15,12 +15,18 @@ repeat, so that machine noise hits both::
 
     OMP_NUM_THREADS=1 python benchmarks/speed.py --steps 300 --batch-size 100
     OMP_NUM_THREADS=1 python benchmarks/speed.py --steps 100 --batch-size 1000
+
+``--profile`` then profiles the SVI + LFVI step (cProfile) and prints where its
+time goes, by part, in milliseconds per step (profiling slows every part, so
+compare the parts with each other, not with the timings above).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import math
+import pstats
 import time
 from collections.abc import Callable
 
@@ -47,6 +53,81 @@ def time_svi(problem: ConjugateNormal, steps: int, warmup: int, estimator: str) 
     elbo = LFVI(estimator=estimator)
     svi = pyro.infer.SVI(problem.model, problem.guide, pyro.optim.Adam({"lr": 0.01}), elbo)
     return seconds_per_step(lambda: svi.step(problem.data), steps, warmup)
+
+
+# The parts of an SVI + LFVI step, each measured by the cumulative time of one
+# function (file name ending, function name), with the parts inside it; what a
+# part's listed children leave over is printed as "the rest".
+Part = tuple[str, tuple[str, str], list["Part"]]
+PARTS: Part = (
+    "the whole step (SVI.step)",
+    ("pyro/infer/svi.py", "step"),
+    [
+        (
+            "LFVI.loss_and_grads",
+            ("pyro_lfvi/elbo.py", "loss_and_grads"),
+            [
+                (
+                    "pairing the joints",
+                    ("pyro_lfvi/pairing.py", "pair_joints"),
+                    [
+                        ("guide trace", ("pyro_lfvi/roles.py", "trace_guide"), []),
+                        (
+                            "model trace at the guide's draws",
+                            ("pyro_lfvi/roles.py", "trace_model"),
+                            [],
+                        ),
+                        ("training globals", ("pyro_lfvi/pairing.py", "widen_globals"), []),
+                    ],
+                ),
+                (
+                    "ratio estimator objectives",
+                    ("pyro_lfvi/contrastive.py", "objectives"),
+                    [("self-normaliser", ("pyro_lfvi/contrastive.py", "log_normalizer"), [])],
+                ),
+                ("per-step checks", ("pyro_lfvi/step_checks.py", "pair_checks"), []),
+                ("per-step spreads", ("pyro_lfvi/step_checks.py", "global_variances"), []),
+                ("history and monitor", ("pyro_lfvi/elbo.py", "_record"), []),
+                ("backward pass", ("torch/autograd/__init__.py", "backward"), []),
+            ],
+        ),
+        ("optimiser (one per parameter)", ("pyro/optim/optim.py", "__call__"), []),
+    ],
+)
+
+
+def profile_svi(problem: ConjugateNormal, steps: int, warmup: int, estimator: str) -> None:
+    """Print the time of each of ``PARTS`` per SVI + LFVI step, under cProfile."""
+    pyro.clear_param_store()
+    svi = pyro.infer.SVI(
+        problem.model, problem.guide, pyro.optim.Adam({"lr": 0.01}), LFVI(estimator=estimator)
+    )
+    for _ in range(warmup):
+        svi.step(problem.data)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(steps):
+        svi.step(problem.data)
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+
+    def ms(key: tuple[str, str]) -> float:
+        path, name = key
+        total = sum(v[3] for (f, _, n), v in stats.items() if f.endswith(path) and n == name)
+        return total / steps * 1e3
+
+    def show(part: Part, depth: int) -> None:
+        label, key, children = part
+        total = ms(key)
+        print(f"  {'  ' * depth + label:<56s} {total:7.2f}")
+        if children:
+            for child in children:
+                show(child, depth + 1)
+            rest = total - sum(ms(child[1]) for child in children)
+            print(f"  {'  ' * (depth + 1) + 'the rest':<56s} {rest:7.2f}")
+
+    print(f"profile of {steps} SVI + LFVI steps (ms per step, under cProfile):")
+    show(PARTS, 0)
 
 
 def squash(z: torch.Tensor) -> torch.Tensor:
@@ -169,6 +250,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--estimator", choices=["contrastive", "joint"], default="contrastive")
+    parser.add_argument(
+        "--profile", action="store_true", help="then profile the SVI + LFVI step by part"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     pyro.set_rng_seed(0)
@@ -186,6 +270,8 @@ def main() -> None:
     print(f"SVI + LFVI : {1 / svi_t:8.1f} steps/s ({svi_t * 1e3:.2f} ms/step)")
     print(f"plain torch: {1 / plain_t:8.1f} steps/s ({plain_t * 1e3:.2f} ms/step)")
     print(f"ratio (SVI+LFVI time / plain time): {svi_t / plain_t:.2f}")
+    if args.profile:
+        profile_svi(problem, args.steps, args.warmup, args.estimator)
 
 
 if __name__ == "__main__":
