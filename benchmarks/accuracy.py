@@ -26,7 +26,7 @@ from typing import Any
 
 import pyro
 import torch
-from fitting import standardized_errors, train
+from fitting import meets_targets, standardized_errors, train
 
 from pyro_lfvi import LFVI, ContrastiveRatioEstimator, LFVIWarning
 from pyro_lfvi.examples import (
@@ -212,7 +212,7 @@ def main() -> None:
             )
             jittered = "-" if jitter is None else f"{jitter:.2f}"
             for site, e in errors.items():
-                ok = abs(e["mean_error_sd"]) < 0.5 and 0.8 < e["sd_ratio"] < 1.25
+                ok = meets_targets({site: e})
                 print(
                     f"{name:<16}{seed:>5}  {site:<10}{e['mean_error_sd']:>14.3f}"
                     f"{e['sd_ratio']:>10.3f}{'met' if ok else 'MISSED':>8}{seconds:>7.0f}s"

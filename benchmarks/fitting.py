@@ -37,10 +37,8 @@ def standardized_errors(
 def meets_targets(err: dict[str, dict[str, float]]) -> bool:
     """Whether every site of :func:`standardized_errors`'s ``err`` meets the targets
     of the issue "Posteriors you can trust on real simulators": mean within 0.5
-    exact sd, sd within 0.8-1.25x."""
-    return all(
-        abs(e["mean_error_sd"]) <= 0.5 and 0.8 <= e["sd_ratio"] <= 1.25 for e in err.values()
-    )
+    exact sd, sd within 0.8-1.25x (strictly, as ``tests/test_accuracy.py`` asserts)."""
+    return all(abs(e["mean_error_sd"]) < 0.5 and 0.8 < e["sd_ratio"] < 1.25 for e in err.values())
 
 
 def decaying_adam(num_steps: int, lr: float, final_lr: float) -> pyro.optim.PyroOptim:
