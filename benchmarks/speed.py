@@ -48,10 +48,15 @@ def seconds_per_step(step: Callable[[], object], steps: int, warmup: int) -> flo
     return (time.perf_counter() - start) / steps
 
 
-def time_svi(problem: ConjugateNormal, steps: int, warmup: int, estimator: str) -> float:
+def fresh_svi(problem: ConjugateNormal, estimator: str) -> pyro.infer.SVI:
+    """SVI with LFVI on ``problem``, from an empty param store."""
     pyro.clear_param_store()
     elbo = LFVI(estimator=estimator)
-    svi = pyro.infer.SVI(problem.model, problem.guide, pyro.optim.Adam({"lr": 0.01}), elbo)
+    return pyro.infer.SVI(problem.model, problem.guide, pyro.optim.Adam({"lr": 0.01}), elbo)
+
+
+def time_svi(problem: ConjugateNormal, steps: int, warmup: int, estimator: str) -> float:
+    svi = fresh_svi(problem, estimator)
     return seconds_per_step(lambda: svi.step(problem.data), steps, warmup)
 
 
@@ -98,10 +103,7 @@ PARTS: Part = (
 
 def profile_svi(problem: ConjugateNormal, steps: int, warmup: int, estimator: str) -> None:
     """Print the time of each of ``PARTS`` per SVI + LFVI step, under cProfile."""
-    pyro.clear_param_store()
-    svi = pyro.infer.SVI(
-        problem.model, problem.guide, pyro.optim.Adam({"lr": 0.01}), LFVI(estimator=estimator)
-    )
+    svi = fresh_svi(problem, estimator)
     for _ in range(warmup):
         svi.step(problem.data)
     profiler = cProfile.Profile()
