@@ -218,6 +218,23 @@ PRIOR_RANGE_DRAWS = 512
 """Prior draws per step that bound the training globals (see :func:`widen_globals`)."""
 
 
+def _tail_quantiles(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 0.1% and 99.9% quantiles of each column of ``flat`` as ``torch.quantile``
+    computes them (linear interpolation between order statistics, ranks in
+    ``flat``'s dtype), from a partial sort of each tail: same values, several
+    times faster than ``torch.quantile``'s full sort."""
+    n = flat.shape[0]
+    ranks = torch.tensor([0.001, 0.999], dtype=flat.dtype) * (n - 1)
+    below, above = ranks.floor(), ranks.ceil()
+    weights = ranks - below
+    (low_below, high_below), (low_above, high_above) = below.long().tolist(), above.long().tolist()
+    ascending = flat.topk(low_above + 1, 0, largest=False, sorted=True).values
+    descending = flat.topk(n - high_below, 0, largest=True, sorted=True).values
+    low = torch.lerp(ascending[low_below], ascending[low_above], weights[0])
+    high = torch.lerp(descending[n - 1 - high_below], descending[n - 1 - high_above], weights[1])
+    return low, high
+
+
 def _within_prior(u: torch.Tensor, prior: Any) -> torch.Tensor:
     """
     Clamp unconstrained training globals ``u`` to the range of the prior: its
@@ -234,7 +251,7 @@ def _within_prior(u: torch.Tensor, prior: Any) -> torch.Tensor:
     flat = draws.reshape(PRIOR_RANGE_DRAWS, -1)
     if not bool(torch.isfinite(flat).all()):
         return u
-    low, high = torch.quantile(flat, torch.tensor([0.001, 0.999]), dim=0)
+    low, high = _tail_quantiles(flat)
     pad = 0.1 * (high - low)
     low, high = (low - pad).reshape(draws.shape[1:]), (high + pad).reshape(draws.shape[1:])
     return torch.maximum(torch.minimum(u, high), low)
