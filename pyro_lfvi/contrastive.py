@@ -132,6 +132,8 @@ def _robust_moments(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Median and MAD-based scale per column (sd where the MAD vanishes)."""
     med = feats.median(0).values
     scale = 1.4826 * (feats - med).abs().median(0).values
+    if bool((scale > 1e-8).all()):  # the usual case: no fallback to compute
+        return med, scale
     sd = feats.std(0) if feats.shape[0] > 1 else torch.ones_like(med)
     scale = torch.where(scale > 1e-8, scale, sd)
     return med, torch.where(scale > 1e-8, scale, torch.ones_like(scale))
@@ -518,8 +520,8 @@ class ContrastiveRatioEstimator(RatioEstimator):
         return {} if self.network is None else {self.name: self.network}
 
     def _net(self, pair: PairedJoints) -> ContrastiveNetwork:
-        stored = stored_module(self.name)
         if self.network is None:
+            stored = stored_module(self.name)  # a resumed run: build off the global RNG
             with torch.random.fork_rng(enabled=stored):
                 self.network = self._build(pair)
             self.network.fitted = stored
@@ -598,11 +600,12 @@ class ContrastiveRatioEstimator(RatioEstimator):
         if self.balance > 0:
             loss = loss + self.balance * balance**2
         with torch.no_grad():
-            acc = discriminator_accuracy(joint[valid], torch.cat(contrasts))
+            joint_valid, shuffled = joint.detach()[valid], torch.cat(contrasts)
+            acc = discriminator_accuracy(joint_valid, shuffled)
         stats = {
             "discriminator_accuracy": acc,
-            "mean_logit_p": float(joint.detach()[valid].mean()) if bool(valid.any()) else 0.0,
-            "mean_logit_q": float(torch.cat(contrasts).mean()) if contrasts else 0.0,
+            "mean_logit_p": float(joint_valid.mean()) if joint_valid.numel() else 0.0,
+            "mean_logit_q": float(shuffled.mean()) if contrasts else 0.0,
         }
         return loss, stats
 
@@ -701,7 +704,7 @@ class ContrastiveRatioEstimator(RatioEstimator):
         if rows.numel() == 0:
             return torch.zeros(())
         P, M = pair.num_particles, pair.roles.num_points
-        others = self._leaves_own_out(P)
+        others = self.leaves_own_out(P)
         # Leaving out a particle's own (and its mirror image's), draw enough that about
         # normalizer_draws remain.
         left_out = (2 if pair.mirrored else 1) if others else 0
@@ -729,8 +732,10 @@ class ContrastiveRatioEstimator(RatioEstimator):
         normalizer = torch.where(count > 0, total - count.clamp_min(1).log(), 0.0)
         return normalizer if not local else normalizer.squeeze(-1)
 
-    def _leaves_own_out(self, num_particles: int) -> bool:
-        """Whether the self-normaliser leaves each particle's own simulations out."""
+    def leaves_own_out(self, num_particles: int) -> bool:
+        """Whether the self-normaliser leaves each particle's own simulations out
+        with ``num_particles`` particles (``normalizer``: ``"others"`` always,
+        ``"auto"`` from three particles, ``"all"`` never)."""
         if self.normalizer == "auto":
             return num_particles >= 3
         return self.normalizer == "others"

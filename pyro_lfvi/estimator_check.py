@@ -198,7 +198,7 @@ def _normalizer(
     would break the identity once normalised, and the raw logit is tested instead."""
     if not isinstance(estimator, ContrastiveRatioEstimator) or not estimator.normalizes(pair):
         return None
-    if not estimator._leaves_own_out(pair.num_particles):
+    if not estimator.leaves_own_out(pair.num_particles):
         return None
 
     return functools.partial(estimator.log_normalizer, net)
