@@ -74,7 +74,14 @@ from .ratio import (
 from .step_checks import discriminator_accuracy
 from .validation import check_nonnegative_int, check_positive_int, check_sizes
 
-__all__ = ["ContrastiveNetwork", "ContrastiveRatioEstimator", "squash", "zero_nonfinite"]
+__all__ = [
+    "ContrastiveNetwork",
+    "ContrastiveRatioEstimator",
+    "StandardizedInputs",
+    "count_nonfinite",
+    "squash",
+    "zero_nonfinite",
+]
 
 _LIMIT = 4.0
 _PARTS = ("observed", "local", "global")
@@ -84,15 +91,38 @@ Rows = tuple[_Sites, _Sites, _Sites, torch.Tensor]
 """One step's training simulations: observed, local and global rows, and the finite mask."""
 
 
-def squash(z: torch.Tensor) -> torch.Tensor:
-    """Identity within ±4, logarithmic beyond: bounded influence of outliers."""
-    over = (z.abs() - _LIMIT).clamp_min(0.0)
-    return torch.where(over > 0, z.sign() * (_LIMIT + torch.log1p(over)), z)
+def squash(z: torch.Tensor, limit: float = _LIMIT) -> torch.Tensor:
+    """Identity within ``±limit`` (default 4), logarithmic beyond: bounded
+    influence of outliers."""
+    over = (z.abs() - limit).clamp_min(0.0)
+    return torch.where(over > 0, z.sign() * (limit + torch.log1p(over)), z)
 
 
 def finite_simulations(pair: PairedJoints) -> torch.Tensor:
     """``(P, M)`` mask of the p-side simulations free of NaN and inf, on every observed site."""
     return torch.stack([v.isfinite().all(-1) for v in pair.p_observed.values()]).all(0)
+
+
+def count_nonfinite(valid: torch.Tensor, nan_policy: str, sites: list[str]) -> int:
+    """The number of simulations with NaN or inf (``~valid``), or an error: with
+    ``nan_policy="raise"`` if there are any, whatever the policy if all are.
+
+    :raises DiscriminatorError: with ``nan_policy="raise"``.
+    :raises SimulatorError: if no simulation of the step is finite.
+    """
+    num_bad = int((~valid).sum())
+    if num_bad and nan_policy == "raise":
+        raise DiscriminatorError(
+            f"{num_bad} of {valid.numel()} simulations had NaN or inf values "
+            f"(nan_policy='raise'); use nan_policy='drop' to train on the others"
+        )
+    if num_bad == valid.numel():
+        raise SimulatorError(
+            f"The simulator of site(s) {sites} returned NaN or inf in every one of "
+            f"this step's {num_bad} simulations, so there is nothing to train the ratio "
+            f"estimator on. Check the simulator at the guide's current parameters"
+        )
+    return num_bad
 
 
 def zero_nonfinite(observed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -163,7 +193,68 @@ def _own_simulations(owner: torch.Tensor, num_particles: int, mirrored: bool) ->
     return own | (owner.unsqueeze(0) == mirror_partners(num_particles).unsqueeze(1))
 
 
-class ContrastiveNetwork(nn.Module):
+class StandardizedInputs(nn.Module):
+    """
+    A network whose data and latent features are standardised by robust
+    running statistics, ``x_standardization`` and ``theta_standardization``
+    (row 0: location, row 1: scale; parameters that forward detaches and no
+    optimiser steps, so that Pyro's param store saves and restores them), and
+    ``fitted`` once they have seen a batch. Shared by the contrastive
+    estimator's classifier and :class:`~pyro_lfvi.likelihood.MixtureDensityNetwork`.
+    """
+
+    x_standardization: nn.Parameter
+    theta_standardization: nn.Parameter
+    fitted: bool
+
+    @torch.no_grad()
+    def update_standardization(self, x: torch.Tensor, theta: torch.Tensor, momentum: float) -> None:
+        """Move the standardisation towards the robust moments of a batch."""
+        for param, feats in ((self.x_standardization, x), (self.theta_standardization, theta)):
+            if feats.shape[-1] == 0 or feats.shape[0] == 0:
+                continue
+            loc, scale = _robust_moments(feats)
+            if not self.fitted:
+                param[0].copy_(loc)
+                param[1].copy_(scale)
+            else:
+                param[0].lerp_(loc, momentum)
+                param[1].copy_((param[1].log().lerp(scale.log(), momentum)).exp())
+        self.fitted = True
+
+    @torch.no_grad()
+    def average_standardization(
+        self, sum_over_ranks: Callable[[torch.Tensor], torch.Tensor]
+    ) -> None:
+        """
+        Replace the standardisation by its average over the processes of a
+        data-parallel run (:mod:`pyro_lfvi.distributed` calls this before each
+        optimiser step; a single process never does): the locations
+        arithmetically, the scales geometrically (as
+        :meth:`update_standardization` moves them in log space), over the
+        processes that have fitted it. Each process having moved from the same
+        standardisation towards the moments of its own simulations, the
+        average moves towards the average of those moments.
+
+        :param callable sum_over_ranks: sums a tensor over the processes (e.g.
+            ``torch.distributed.all_reduce``) and returns the sum.
+        """
+        rows = (self.x_standardization, self.theta_standardization)
+        weight = torch.ones(1, device=rows[0].device) * float(self.fitted)
+        packed = torch.cat([weight] + [torch.cat([p[0], p[1].log()]) * weight for p in rows])
+        total = sum_over_ranks(packed)
+        if float(total[0]) == 0.0:  # fitted nowhere yet
+            return
+        mean = total[1:] / total[0]
+        for param in rows:
+            size = param.shape[-1]
+            param[0].copy_(mean[:size])
+            param[1].copy_(mean[size : 2 * size].exp())
+            mean = mean[2 * size :]
+        self.fitted = True
+
+
+class ContrastiveNetwork(StandardizedInputs):
     r"""
     The classifier :math:`s(x, z, \beta)`: an embedding of each observed
     site's data point, concatenated with the latents, into an ELU MLP.
@@ -223,52 +314,6 @@ class ContrastiveNetwork(nn.Module):
         for value in global_.values():
             rows.append(value.unsqueeze(-2).expand((*lead, value.shape[-1])))
         return torch.cat(rows, -1) if rows else torch.zeros((*lead, 0))
-
-    @torch.no_grad()
-    def update_standardization(self, x: torch.Tensor, theta: torch.Tensor, momentum: float) -> None:
-        """Move the standardisation towards the robust moments of a batch."""
-        for param, feats in ((self.x_standardization, x), (self.theta_standardization, theta)):
-            if feats.shape[-1] == 0 or feats.shape[0] == 0:
-                continue
-            loc, scale = _robust_moments(feats)
-            if not self.fitted:
-                param[0].copy_(loc)
-                param[1].copy_(scale)
-            else:
-                param[0].lerp_(loc, momentum)
-                param[1].copy_((param[1].log().lerp(scale.log(), momentum)).exp())
-        self.fitted = True
-
-    @torch.no_grad()
-    def average_standardization(
-        self, sum_over_ranks: Callable[[torch.Tensor], torch.Tensor]
-    ) -> None:
-        """
-        Replace the standardisation by its average over the processes of a
-        data-parallel run (:mod:`pyro_lfvi.distributed` calls this before each
-        optimiser step; a single process never does): the locations
-        arithmetically, the scales geometrically (as
-        :meth:`update_standardization` moves them in log space), over the
-        processes that have fitted it. Each process having moved from the same
-        standardisation towards the moments of its own simulations, the
-        average moves towards the average of those moments.
-
-        :param callable sum_over_ranks: sums a tensor over the processes (e.g.
-            ``torch.distributed.all_reduce``) and returns the sum.
-        """
-        rows = (self.x_standardization, self.theta_standardization)
-        weight = torch.ones(1, device=rows[0].device) * float(self.fitted)
-        packed = torch.cat([weight] + [torch.cat([p[0], p[1].log()]) * weight for p in rows])
-        total = sum_over_ranks(packed)
-        if float(total[0]) == 0.0:  # fitted nowhere yet
-            return
-        mean = total[1:] / total[0]
-        for param in rows:
-            size = param.shape[-1]
-            param[0].copy_(mean[:size])
-            param[1].copy_(mean[size : 2 * size].exp())
-            mean = mean[2 * size :]
-        self.fitted = True
 
     def embed(self, observed: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Standardised, embedded data points: ``(..., d)`` rows to ``(..., k)``."""
@@ -552,18 +597,7 @@ class ContrastiveRatioEstimator(RatioEstimator):
         obs = {k: v.detach() for k, v in pair.p_observed.items()}
         loc = {k: v.detach() for k, v in pair.p_local.items()}
         glob = {k: v.detach() for k, v in pair.p_global.items()}
-        num_bad = int((~valid).sum())
-        if num_bad and self.nan_policy == "raise":
-            raise DiscriminatorError(
-                f"{num_bad} of {valid.numel()} simulations had NaN or inf values "
-                f"(nan_policy='raise'); use nan_policy='drop' to train on the others"
-            )
-        if num_bad == valid.numel():
-            raise SimulatorError(
-                f"The simulator of site(s) {list(obs)} returned NaN or inf in every one of "
-                f"this step's {num_bad} simulations, so there is nothing to train the ratio "
-                f"estimator on. Check the simulator at the guide's current parameters"
-            )
+        count_nonfinite(valid, self.nan_policy, list(obs))
         obs = zero_nonfinite(obs)
         if update and int(valid.sum()) >= 2:
             x = net.features(obs)

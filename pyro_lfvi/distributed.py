@@ -126,7 +126,7 @@ from .checkpoint import (
     restore_random_states,
     save_checkpoint,
 )
-from .contrastive import ContrastiveNetwork, replay_from_state
+from .contrastive import StandardizedInputs, replay_from_state
 from .elbo import LFVI
 from .errors import CheckpointError
 from .plain_state import plain_to_numpy
@@ -339,7 +339,7 @@ def average_statistics(lfvi: LFVI) -> None:
     """
     Average the ratio estimator's adaptive statistics across ranks: the
     running input standardisation of the contrastive estimator (see
-    :meth:`~pyro_lfvi.contrastive.ContrastiveNetwork.average_standardization`).
+    :meth:`~pyro_lfvi.contrastive.StandardizedInputs.average_standardization`).
     The joint classifier's standardisation is fixed at its first batch and
     needs only :func:`broadcast_params`. :class:`DistributedOptim` given
     ``lfvi`` calls this before each step; call it yourself where another
@@ -355,20 +355,20 @@ def average_statistics(lfvi: LFVI) -> None:
         )
     if not _active():
         return
-    for module in _contrastive_networks(lfvi):
+    for module in _standardized_networks(lfvi):
         module.average_standardization(_sum_over_ranks)
 
 
-def _contrastive_networks(lfvi: LFVI | None) -> list[ContrastiveNetwork]:
+def _standardized_networks(lfvi: LFVI | None) -> list[StandardizedInputs]:
     if lfvi is None or lfvi.estimator is None:
         return []
     modules = sorted(lfvi.estimator.modules().items())
-    return [module for _, module in modules if isinstance(module, ContrastiveNetwork)]
+    return [module for _, module in modules if isinstance(module, StandardizedInputs)]
 
 
 def _statistics(lfvi: LFVI | None) -> list[torch.Tensor]:
     """The tensors that :func:`average_statistics` averages."""
-    nets = _contrastive_networks(lfvi)
+    nets = _standardized_networks(lfvi)
     return [t for net in nets for t in (net.x_standardization, net.theta_standardization)]
 
 
@@ -425,7 +425,8 @@ class DistributedOptim(PyroOptim):
             raise ValueError(
                 f"Expected a ratio estimator without refine_steps in data-parallel training, "
                 f"actual refine_steps={refine}: its private optimiser's updates would differ "
-                f"between ranks; use ContrastiveRatioEstimator(refine_steps=0)"
+                f"between ranks; build the estimator with refine_steps=0 (e.g. "
+                f"ContrastiveRatioEstimator(refine_steps=0))"
             )
         self.optim = optim
         self.lfvi = lfvi
