@@ -65,7 +65,13 @@ import torch
 from fitting import train
 from torch import nn
 
-from pyro_lfvi import LFVI, ContrastiveRatioEstimator, LFVIWarning, check_ratio_estimator
+from pyro_lfvi import (
+    LFVI,
+    ContrastiveRatioEstimator,
+    LFVIWarning,
+    LikelihoodEstimator,
+    check_ratio_estimator,
+)
 from pyro_lfvi.examples import SIR, SLCP, BernoulliGLM, GaussianLinear, TwoMoons
 
 Task = GaussianLinear | TwoMoons | SLCP | BernoulliGLM | SIR
@@ -164,10 +170,16 @@ def main() -> None:
     )
     parser.add_argument("--widen", type=float, default=None, help="LFVI's widen (default: LFVI's)")
     parser.add_argument(
+        "--estimator",
+        choices=["default", "likelihood"],
+        default="default",
+        help="LFVI's default (contrastive) or LikelihoodEstimator()",
+    )
+    parser.add_argument(
         "--replay",
         type=int,
         default=None,
-        help="ContrastiveRatioEstimator(replay=...) (default: the estimator's, off)",
+        help="the estimator's replay=... (default: the estimator's own)",
     )
     parser.add_argument(
         "--refine",
@@ -190,7 +202,8 @@ def main() -> None:
         k: v for k, v in (("num_particles", args.particles), ("widen", args.widen)) if v is not None
     }
     print(
-        f"task {args.task}, lr {args.lr} -> {args.final_lr}, ratio lr {args.ratio_lr}, "
+        f"task {args.task}, estimator {args.estimator}, lr {args.lr} -> {args.final_lr}, "
+        f"ratio lr {args.ratio_lr}, "
         f"replay {args.replay or 'default'}, refine {args.refine or 'default'}, "
         f"LFVI({', '.join(f'{k}={v}' for k, v in options.items())})"
         + (", unmirrored guide" if args.no_mirror else "")
@@ -206,7 +219,12 @@ def main() -> None:
             pyro.set_rng_seed(seed)
             task = TASKS[args.task]
             problem = task(mirror=not args.no_mirror) if task in (TwoMoons, SLCP) else task()
-            if args.replay is not None or args.refine is not None:
+            if args.estimator == "likelihood":
+                given = {"replay": args.replay, "refine_steps": args.refine}
+                options["estimator"] = LikelihoodEstimator(
+                    **{k: v for k, v in given.items() if v is not None}
+                )
+            elif args.replay is not None or args.refine is not None:
                 options["estimator"] = ContrastiveRatioEstimator(
                     replay=args.replay or 0, refine_steps=args.refine or 0
                 )
@@ -224,7 +242,7 @@ def main() -> None:
             calls = steps * elbo.num_particles
             over = "  (over the 10^5 budget)" if calls > 100_000 else ""
             gain = ""
-            if args.check:
+            if args.check and args.estimator == "default":
                 result = check_ratio_estimator(
                     elbo, problem.model, problem.guide, problem.data, warn=False
                 )

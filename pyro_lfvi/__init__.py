@@ -21,6 +21,7 @@ from .history import History
 from .implicit import ImplicitSite
 from .inference_data import to_inference_data
 from .joint import JointRatioEstimator
+from .likelihood import LikelihoodEstimator
 from .networks import NoiseNetwork
 from .ratio import RatioEstimator, RatioObjectives
 from .ratio_losses import hinge_loss, log_loss
@@ -45,6 +46,7 @@ __all__ = [
     "ImplicitSite",
     "JointRatioEstimator",
     "LFVIWarning",
+    "LikelihoodEstimator",
     "MLPDiscriminator",
     "MLPEmbedding",
     "ModelStructureError",

@@ -25,6 +25,7 @@ from .contrastive import replay_from_state
 from .diagnostics import TrainingMonitor
 from .errors import CheckpointError
 from .history import History
+from .likelihood import LikelihoodEstimator
 from .plain_state import (
     check_plain,
     decode_constraint,
@@ -257,7 +258,11 @@ class _Restore:
         estimator = state.get("estimator")
         if estimator:
             try:
-                replay_from_state(self._dict(estimator, "ratio estimator state"))
+                estimator = self._dict(estimator, "ratio estimator state")
+                if "refiner" in estimator:  # a LikelihoodEstimator's: checked on a fresh one
+                    LikelihoodEstimator().load_state_dict(estimator)
+                else:
+                    replay_from_state(estimator)
             except ValueError as err:
                 self._fail(f"its ratio estimator state cannot be restored ({err})", err)
         return {

@@ -356,7 +356,8 @@ class TrainingMonitor:
         for key in CHECKS:
             if key in entry:
                 self._checks.setdefault(key, []).append(entry[key])
-        self._acc.append(entry["discriminator_accuracy"])
+        if "discriminator_accuracy" in entry:  # classifiers only
+            self._acc.append(entry["discriminator_accuracy"])
         self._centre.append(list(centre))
         self._spread.append(list(spread))
         self._guide_var.append(list(guide_var))

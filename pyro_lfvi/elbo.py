@@ -26,6 +26,7 @@ from .handlers import name_implicit_sites
 from .history import History
 from .implicit import ImplicitSite
 from .joint import JointRatioEstimator
+from .likelihood import LikelihoodEstimator
 from .pairing import PairedJoints, pair_joints, point_log_prob
 from .ratio import RatioEstimator, frozen_weights
 from .ratio_losses import RatioLoss, log_loss, resolve_ratio_loss
@@ -301,7 +302,9 @@ class LFVI(TrainingControls, ELBO):
         sds over seeds 0-2.
     :param bool retain_graph: passed to ``backward`` (default None).
     :param estimator: ``None`` (default: contrastive where possible, else the
-        joint classifier), ``"contrastive"``, ``"joint"``, or a
+        joint classifier), ``"contrastive"``, ``"joint"``, ``"likelihood"``
+        (:class:`~pyro_lfvi.LikelihoodEstimator`, a neural likelihood; with
+        one observation the most accurate on sbibm's multimodal tasks), or a
         :class:`~pyro_lfvi.RatioEstimator` instance such as
         ``ContrastiveRatioEstimator(embedding=my_net)``.
     :type estimator: str or RatioEstimator or None
@@ -358,10 +361,10 @@ class LFVI(TrainingControls, ELBO):
             "num_particles", 8 if num_particles is None else num_particles
         )
         if isinstance(estimator, str):
-            if estimator not in ("contrastive", "joint"):
+            if estimator not in ("contrastive", "joint", "likelihood"):
                 raise ValueError(
-                    f"Expected estimator to be 'contrastive', 'joint', a RatioEstimator or "
-                    f"None (choose by the model), actual {estimator!r}"
+                    f"Expected estimator to be 'contrastive', 'joint', 'likelihood', a "
+                    f"RatioEstimator or None (choose by the model), actual {estimator!r}"
                 )
             self._estimator_choice: str | None = estimator
             self.estimator: RatioEstimator | None = None
@@ -370,8 +373,8 @@ class LFVI(TrainingControls, ELBO):
             self.estimator = estimator
         else:
             raise ValueError(
-                f"Expected estimator to be 'contrastive', 'joint', a RatioEstimator or None, "
-                f"actual {type(estimator).__name__}"
+                f"Expected estimator to be 'contrastive', 'joint', 'likelihood', a "
+                f"RatioEstimator or None, actual {type(estimator).__name__}"
             )
         self._joint_options = [
             name
@@ -384,9 +387,9 @@ class LFVI(TrainingControls, ELBO):
             )
             if given
         ]
-        if estimator == "contrastive" and self._joint_options:
+        if estimator in ("contrastive", "likelihood") and self._joint_options:
             raise ValueError(
-                f"Expected no options of the joint classifier with estimator='contrastive', "
+                f"Expected no options of the joint classifier with estimator={estimator!r}, "
                 f"actual {', '.join(self._joint_options)}: drop them, or use "
                 f"estimator='joint'"
             )
@@ -557,6 +560,10 @@ class LFVI(TrainingControls, ELBO):
                     f"raise it, or leave it out to have LFVI count the plates"
                 )
         roles = classify_sites(m, g, None)
+        if self.estimator is None and self._estimator_choice == "likelihood":
+            self.estimator = LikelihoodEstimator(
+                hidden_sizes=self.hidden_sizes, summary=self.summary
+            )
         if self.estimator is None:
             reason = self._joint_reason(roles, m, g)
             if reason is None:

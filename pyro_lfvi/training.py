@@ -92,10 +92,10 @@ def fit(
         if progress and (step % 25 == 0 or step == num_steps - 1):
             if history:
                 entry = history[-1]
-                bar.set_postfix(
-                    elbo=f"{entry['elbo']:.4g}",
-                    disc_acc=f"{entry['discriminator_accuracy']:.2f}",
-                )
+                shown = {"elbo": f"{entry['elbo']:.4g}"}
+                if "discriminator_accuracy" in entry:  # classifiers only
+                    shown["disc_acc"] = f"{entry['discriminator_accuracy']:.2f}"
+                bar.set_postfix(shown)
             else:
                 bar.set_postfix(loss=f"{loss:.4g}")
     monitor = getattr(elbo, "monitor", None)
@@ -115,7 +115,9 @@ def plot_history(
     history: Sequence[Mapping[str, float]], axes: Sequence[Axes] | None = None
 ) -> Figure:
     """
-    Plot the ELBO estimate, the discriminator loss and its accuracy per step.
+    Plot the ELBO estimate, the discriminator loss and its accuracy per step (for
+    :class:`~pyro_lfvi.LikelihoodEstimator`, which has no accuracy: the share of
+    simulations with NaN or inf).
 
     Needs matplotlib (``pip install matplotlib``).
 
@@ -144,8 +146,12 @@ def plot_history(
     axes[0].set(title="ELBO estimate", xlabel="step", yscale="symlog")
     axes[1].plot(steps, [h["discriminator_loss"] for h in history])
     axes[1].set(title="discriminator loss", xlabel="step")
-    axes[2].plot(steps, [h["discriminator_accuracy"] for h in history])
-    axes[2].axhline(0.5, color="gray", lw=0.8, ls="--")
-    axes[2].set(title="discriminator accuracy (0.5 = chance)", xlabel="step", ylim=(0, 1))
+    if "discriminator_accuracy" in history[-1]:
+        axes[2].plot(steps, [h["discriminator_accuracy"] for h in history])
+        axes[2].axhline(0.5, color="gray", lw=0.8, ls="--")
+        axes[2].set(title="discriminator accuracy (0.5 = chance)", xlabel="step", ylim=(0, 1))
+    else:  # a likelihood estimator: its fit to the simulations instead
+        axes[2].plot(steps, [h["nonfinite_fraction"] for h in history])
+        axes[2].set(title="simulations with NaN or inf (fraction)", xlabel="step")
     fig.tight_layout()
     return fig
