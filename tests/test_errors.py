@@ -412,7 +412,8 @@ CASES = [
         "unknown estimator",
         lambda: LFVI(estimator="nope"),
         ValueError,
-        r"estimator to be 'contrastive', 'joint', a RatioEstimator or None.*actual 'nope'",
+        r"estimator to be 'contrastive', 'joint', 'likelihood', a RatioEstimator or None"
+        r".*actual 'nope'",
     ),
     Case(
         "joint options with the contrastive estimator",
