@@ -68,6 +68,7 @@ from .ratio import (
     RatioObjectives,
     checked_per_point,
     frozen_weights,
+    private_updates,
     register_network,
     stored_module,
 )
@@ -649,16 +650,9 @@ class ContrastiveRatioEstimator(RatioEstimator):
         if self._refiner is None or self._refiner[0] is not net:
             trained = [p for n, p in net.named_parameters() if not n.endswith("standardization")]
             self._refiner = (net, torch.optim.Adam(trained, lr=self.refine_lr))
-        optim = self._refiner[1]
-        params = [p for group in optim.param_groups for p in group["params"]]
-        saved = [p.grad for p in params]
-        for _ in range(self.refine_steps):
-            for p in params:
-                p.grad = None
-            self._loss(net, rows, mirrored)[0].backward()
-            optim.step()
-        for p, grad in zip(params, saved, strict=True):
-            p.grad = grad
+        private_updates(
+            self._refiner[1], lambda: self._loss(net, rows, mirrored)[0], self.refine_steps
+        )
 
     def _replayed(
         self,

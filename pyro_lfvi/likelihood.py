@@ -78,6 +78,7 @@ from .ratio import (
     RatioObjectives,
     checked_per_point,
     frozen_weights,
+    private_updates,
     register_network,
     stored_module,
 )
@@ -250,12 +251,6 @@ class LikelihoodEstimator(RatioEstimator):
             observed = self.summary(observed)
         return torch.cat([observed[n] for n in sorted(observed)], -1)
 
-    @staticmethod
-    def _latents(
-        local: Mapping[str, torch.Tensor], global_: Mapping[str, torch.Tensor], lead: torch.Size
-    ) -> torch.Tensor:
-        return ContrastiveNetwork.theta(local, global_, lead)
-
     def _net(self, x: torch.Tensor, theta: torch.Tensor) -> MixtureDensityNetwork:
         if self.network is None:
             stored = stored_module(self.name)  # a resumed run: build off the global RNG
@@ -303,7 +298,7 @@ class LikelihoodEstimator(RatioEstimator):
         local = {k: v.detach() for k, v in pair.p_local.items()}
         global_ = {k: v.detach() for k, v in pair.p_global.items()}
         x_all = self._features(observed)
-        theta_all = self._latents(local, global_, valid.shape)
+        theta_all = ContrastiveNetwork.theta(local, global_, valid.shape)
         x, theta = x_all[valid], theta_all[valid]
         net = self._net(x, theta)
         accuracy = self._pairwise_accuracy(net, x_all, theta_all, valid, pair.mirrored)
@@ -334,16 +329,7 @@ class LikelihoodEstimator(RatioEstimator):
             if self._refiner_state:  # from a checkpoint
                 self._refiner[1].load_state_dict(self._refiner_state)
                 self._refiner_state = {}
-        optim = self._refiner[1]
-        params = [p for group in optim.param_groups for p in group["params"]]
-        saved = [p.grad for p in params]
-        for _ in range(self.refine_steps):
-            for p in params:
-                p.grad = None
-            (-net(x, theta).mean()).backward()
-            optim.step()
-        for p, grad in zip(params, saved, strict=True):
-            p.grad = grad
+        private_updates(self._refiner[1], lambda: -net(x, theta).mean(), self.refine_steps)
 
     def objectives(self, pair: PairedJoints, update: bool = True) -> RatioObjectives:
         net, x, theta, bad, accuracy = self._training_rows(pair, update)
@@ -351,7 +337,7 @@ class LikelihoodEstimator(RatioEstimator):
             self._refine(net, x, theta)
         loss = -net(x, theta).mean()
         observed = self._features(pair.q_observed)
-        latents = self._latents(pair.q_local, pair.q_global, observed.shape[:-1])
+        latents = ContrastiveNetwork.theta(pair.q_local, pair.q_global, observed.shape[:-1])
         with frozen_weights(net):
             log_ratio = net(observed, latents)
         checked_per_point(log_ratio, pair, "likelihood network at the observed data")

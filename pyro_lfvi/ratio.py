@@ -17,7 +17,7 @@ its two objectives). Implementations: :class:`~pyro_lfvi.ContrastiveRatioEstimat
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ __all__ = [
     "RatioObjectives",
     "checked_per_point",
     "frozen_weights",
+    "private_updates",
     "register_network",
     "stored_module",
 ]
@@ -76,6 +77,23 @@ def register_network(name: str, net: nn.Module, untrained: Sequence[str] = ()) -
     hidden = [param_with_module_name(name, n) for n in untrained]
     with poutine.block(hide=hidden):
         return pyro.module(name, net, update_module_params=True)
+
+
+def private_updates(
+    optim: torch.optim.Optimizer, loss: Callable[[], torch.Tensor], steps: int
+) -> None:
+    """``steps`` updates by an estimator's private optimiser ``optim`` on
+    ``loss()`` (its ``refine_steps``), leaving its parameters' gradients, which
+    the SVI step will use, as they were."""
+    params = [p for group in optim.param_groups for p in group["params"]]
+    saved = [p.grad for p in params]
+    for _ in range(steps):
+        for p in params:
+            p.grad = None
+        loss().backward()
+        optim.step()
+    for p, grad in zip(params, saved, strict=True):
+        p.grad = grad
 
 
 @contextlib.contextmanager
