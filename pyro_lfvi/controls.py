@@ -37,13 +37,15 @@ class GlobalSummary(NamedTuple):
     """One step's figures on the guide's globals for the
     :class:`~pyro_lfvi.TrainingMonitor`, component by component: the mean
     (``centre``) and sd (``spread``) over particles, and, unconstrained, the
-    variance over particles (``guide_var``) and that of prior draws
-    (``prior_var``; :func:`~pyro_lfvi.step_checks.global_variances`)."""
+    variance over particles (``guide_var``), that of prior draws
+    (``prior_var``) and how often the guide's draws fall beyond the prior's
+    (``beyond_prior``; :class:`~pyro_lfvi.step_checks.GlobalSpreads`)."""
 
     centre: list[float]
     spread: list[float]
     guide_var: list[float]
     prior_var: list[float]
+    beyond_prior: list[float]
 
 
 @dataclass

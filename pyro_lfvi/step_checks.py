@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:  # torch and the pairing are imported when first needed
     import torch
@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # torch and the pairing are imported when first needed
 
 __all__ = [
     "CHECK_DRAWS",
+    "GlobalSpreads",
     "chi2_median_ratio",
     "discriminator_accuracy",
     "global_variances",
@@ -83,21 +84,36 @@ def chi2_median_ratio(dof: int) -> float:
     return 0.5 * (low + high) / dof
 
 
-def global_variances(pair: PairedJoints) -> tuple[list[float], list[float]]:
+class GlobalSpreads(NamedTuple):
+    """Per component of the guide's global latents, unconstrained (see
+    :func:`global_variances`)."""
+
+    guide_var: list[float]
+    """The variance of the guide's draws over the particles."""
+    prior_var: list[float]
+    """That of the prior's draws."""
+    beyond_prior: list[float]
+    """The fraction of the guide's draws outside the range of the prior's,
+    over the fraction a draw of the prior itself would have there,
+    :math:`2 / (n + 1)` for :math:`n` prior draws: near 1 for a guide like
+    the prior, near 0 for one inside the prior's bulk, whatever its spread."""
+
+
+def global_variances(pair: PairedJoints) -> GlobalSpreads:
     """
     Per component of the guide's global latents, unconstrained: the variance
-    of its draws over the particles and that of ``4 * CHECK_DRAWS`` prior draws
-    per particle (empty lists with fewer than two particles).
+    of its draws over the particles, that of ``4 * CHECK_DRAWS`` prior draws
+    per particle, and how often the guide's draws fall beyond the prior's
+    (empty lists with fewer than two particles).
 
     With few particles one step's variance is a rough estimate; the monitor
     pools them over its window before it takes ratios of spreads.
     """
     from .roles import value_of
 
-    guide_var: list[float] = []
-    prior_var: list[float] = []
+    spreads = GlobalSpreads([], [], [])
     if pair.num_particles < 2:
-        return guide_var, prior_var
+        return spreads
     for name in pair.roles.global_:
         site = pair.q_trace.nodes[name]
         try:
@@ -106,11 +122,13 @@ def global_variances(pair: PairedJoints) -> tuple[list[float], list[float]]:
             continue
         if value.dim() != prior.dim() - 1:
             continue
-        q_var = value.reshape(pair.num_particles, -1).var(0)
-        p_var = prior.reshape(prior.shape[0] * pair.num_particles, -1).var(0)
-        guide_var += q_var.tolist()
-        prior_var += p_var.tolist()
-    return guide_var, prior_var
+        value = value.reshape(pair.num_particles, -1)
+        prior = prior.reshape(prior.shape[0] * pair.num_particles, -1)
+        beyond = (value < prior.min(0).values) | (value > prior.max(0).values)
+        spreads.guide_var.extend(value.var(0).tolist())
+        spreads.prior_var.extend(prior.var(0).tolist())
+        spreads.beyond_prior.extend((beyond.double().mean(0) * (prior.shape[0] + 1) / 2).tolist())
+    return spreads
 
 
 def spread_ratios(guide_var: Sequence[float], prior_var: Sequence[float]) -> list[float]:
@@ -118,9 +136,7 @@ def spread_ratios(guide_var: Sequence[float], prior_var: Sequence[float]) -> lis
     return [(g / max(p, 1e-24)) ** 0.5 for g, p in zip(guide_var, prior_var, strict=True)]
 
 
-def pair_checks(
-    pair: PairedJoints, variances: tuple[list[float], list[float]] | None = None
-) -> dict[str, float]:
+def pair_checks(pair: PairedJoints, variances: GlobalSpreads | None = None) -> dict[str, float]:
     """
     Per-step checks of one pairing, whatever the ratio estimator:
 
@@ -175,7 +191,7 @@ def pair_checks(
     if ratios:
         median = float(torch.cat(ratios).median()) / chi2_median_ratio(pair.num_particles - 1)
         out["local_sd_ratio"] = median**0.5
-    guide_var, prior_var = global_variances(pair) if variances is None else variances
+    guide_var, prior_var, _ = global_variances(pair) if variances is None else variances
     if guide_var:
         spreads = spread_ratios(guide_var, prior_var)
         out["prior_sd_ratio"] = min(spreads)

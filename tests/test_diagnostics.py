@@ -354,6 +354,52 @@ def test_global_spread_checks_pool_two_particles_over_the_window(width, accuracy
     assert monitor.warned & {"at_prior", "wide_globals"} == expected
 
 
+@pytest.mark.parametrize("beyond, warns", [(None, True), (0.2, False), (8.0, True)])
+def test_a_wide_global_warns_only_if_it_spills_beyond_the_prior(beyond, warns):
+    # One observation can leave a posterior wider than its prior (bimodal near
+    # the ends of a uniform prior: sbibm's slcp), but inside the prior's range.
+    monitor = TrainingMonitor(window=10)
+    monitor.joint = False
+    entry = {"elbo": 0.0, "discriminator_loss": 0.6, "discriminator_accuracy": 0.7}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LFVIWarning)
+        for step in range(40):
+            # Two components: the first as wide as its prior, the second 2x.
+            spread = [] if beyond is None else [1.0, beyond]
+            monitor.update(step, entry, [], [], [1.0, 4.0], [1.0, 1.0], spread)
+    messages = [str(w.message) for w in caught if w.category is LFVIWarning]
+    assert any("2.0x as wide as its prior" in m for m in messages) is warns, messages
+
+
+@pytest.mark.parametrize(
+    "guide_sd, low, high",
+    [(1.0, 0.6, 1.6), (0.3, 0.0, 0.01), (2.0, 45.0, 180.0)],
+)
+def test_global_draws_beyond_the_prior_are_counted_against_the_priors_own_rate(guide_sd, low, high):
+    # Prior N(0, 1), 32 x 64 prior draws a step: a draw of the prior itself
+    # falls beyond their range with probability 2 / (n + 1); a guide N(0, 2)
+    # with probability 2 P(|Z| > 3.4 / 2), about 90 times as often.
+    from pyro_lfvi.pairing import pair_joints
+    from pyro_lfvi.step_checks import global_variances
+
+    data = torch.zeros(3)
+
+    def model(data):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(data)):
+            pyro.sample("x", ImplicitSite(lambda m: m + torch.randn_like(m), mu), obs=data)
+
+    def guide(data):
+        pyro.sample("mu", dist.Normal(0.0, guide_sd))
+
+    plate = pyro.plate("particles", 64, dim=-2)
+    beyond = []
+    for _ in range(400):
+        pair = pair_joints(plate(model), plate(guide), (data,), {}, "particles", 64, 1.0)
+        beyond += global_variances(pair).beyond_prior
+    assert low <= sum(beyond) / len(beyond) < high
+
+
 def test_lfvi_gives_the_monitor_the_globals_variances_and_a_checkpoint_keeps_them():
     problem = ConjugateNormal()
     elbo = LFVI(num_particles=2)
@@ -364,7 +410,8 @@ def test_lfvi_gives_the_monitor_the_globals_variances_and_a_checkpoint_keeps_the
     assert [len(v) for v in state["guide_var"]] == [1] * 5  # one global, mu
     assert all(v[0] > 0 for v in state["prior_var"])
     resumed = TrainingMonitor()
-    older = {k: v for k, v in state.items() if k not in ("guide_var", "prior_var")}
+    assert [len(v) for v in state["beyond_prior"]] == [1] * 5
+    older = {k: v for k, v in state.items() if k not in ("guide_var", "prior_var", "beyond_prior")}
     resumed.load_state_dict(older)  # a state saved before the variances were kept
     assert resumed.state_dict()["guide_var"] == []
     resumed.load_state_dict(state)
