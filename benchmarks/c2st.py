@@ -26,9 +26,10 @@ estimator), ``--particles`` and ``--widen`` (LFVI's ``num_particles`` and
 ``widen``), ``--replay`` (the ratio estimator's ``replay``), ``--refine``
 (its ``refine_steps``), ``--ratio-lr`` (initial learning rate of the
 ratio estimator's weights, decaying like the guide's), ``--no-mirror`` (an
-unmirrored flow guide), ``--check`` (run :func:`pyro_lfvi.check_ratio_estimator`
-after the C2ST and print its gain). Measured on one shared CPU core (observation 1, seeds
-0, 1, 2; times vary with the machine's load):
+unmirrored flow guide), ``--check`` (run fit's end-of-training checks, and
+print :func:`pyro_lfvi.check_ratio_estimator`'s gain and the range of its
+curvature test's sd factors). Measured on one shared CPU core (observation 1,
+seeds 0, 1, 2; times vary with the machine's load):
 
 ===============  =========  =====  =========  ====================  ===============
 task             settings   steps  sim calls  C2ST (seeds 0, 1, 2)  time
@@ -58,6 +59,7 @@ particles' mean, which for the mirrored guides lies between the modes.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 import warnings
 from typing import Any
@@ -210,7 +212,7 @@ def main() -> None:
         f"LFVI({', '.join(f'{k}={v}' for k, v in options.items())})"
         + (", unmirrored guide" if args.no_mirror else "")
     )
-    gain_header = f"{'gain':>8}" if args.check and args.estimator == "default" else ""
+    gain_header = f"{'gain':>8}{'sd factors':>13}" if args.check else ""
     print(
         f"{'steps':>6}{'sim calls':>11}{'seed':>6}{'C2ST':>8}{'mean err':>10}{'sd ratios':>13}"
         f"{'time':>8}{gain_header}"
@@ -244,11 +246,12 @@ def main() -> None:
             calls = steps * elbo.num_particles
             over = "  (over the 10^5 budget)" if calls > 100_000 else ""
             gain = ""
-            if args.check and args.estimator == "default":
+            if args.check:
                 result = check_ratio_estimator(
                     elbo, problem.model, problem.guide, problem.data, warn=False
                 )
-                gain = f"{result.gain:>8.3f}"
+                factors = [c.sd_factor for c in result.curvature.values()] or [math.nan]
+                gain = f"{result.gain:>8.3f}{min(factors):>7.2f}-{max(factors):<5.2f}"
             print(
                 f"{steps:>6}{calls:>11}{seed:>6}{score:>8.3f}{error:>10.2f}{low:>7.2f}-{high:.2f}"
                 f"{seconds:>7.0f}s{gain}{over}"

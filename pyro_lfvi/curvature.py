@@ -1,4 +1,4 @@
-r"""Bartlett's identities on the contrastive ratio estimator, against the guide's width.
+r"""Bartlett's identities on the ratio estimator's log likelihood, against the guide's width.
 
 An exact log likelihood :math:`\ell(x, \theta) = \log p(x \mid \theta)`
 satisfies, at every latent value :math:`\theta` and for data simulated there,
@@ -11,7 +11,9 @@ satisfies, at every latent value :math:`\theta` and for data simulated there,
 (Bartlett's second identity: the score's variance is the Fisher information).
 The contrastive estimator's logit :math:`s(x, z, \beta)` differs from
 :math:`\ell` by a function of :math:`x` alone when it is exact, so its
-derivatives in the latents obey the same identity. A trained logit also
+derivatives in the latents obey the same identity (the likelihood
+estimator's density, :mod:`pyro_lfvi.likelihood`, is a log likelihood itself
+and is measured as it is). A trained logit also
 carries a function of the latents alone, which the classifier's loss barely
 constrains and the self-normaliser takes off (:class:`~pyro_lfvi.ContrastiveRatioEstimator`);
 where the ELBO self-normalises, :func:`curvature` therefore measures the
@@ -51,13 +53,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from .contrastive import ContrastiveNetwork, finite_simulations, zero_nonfinite
+from .contrastive import finite_simulations, zero_nonfinite
 from .pairing import PairedJoints
 
-__all__ = ["Curvature", "LOCAL_ROWS", "MAX_COORDINATES", "Normalizer", "RELEVANT", "curvature"]
+__all__ = [
+    "Curvature",
+    "LOCAL_ROWS",
+    "LogLikelihood",
+    "MAX_COORDINATES",
+    "Normalizer",
+    "RELEVANT",
+    "curvature",
+]
 
 RELEVANT = 0.25
 """Likelihood share of the guide's precision (:attr:`Curvature.relevance`) from
@@ -139,6 +150,29 @@ def _coordinates(pair: PairedJoints) -> tuple[list[str], int]:
     return names, sum(v.shape[-1] for v in pair.p_local.values())
 
 
+class LogLikelihood(Protocol):
+    """What :func:`curvature` needs of an estimator's network: the ``theta``,
+    ``embed`` and ``classify`` of a :class:`~pyro_lfvi.contrastive.ContrastiveNetwork`,
+    whose value is a log likelihood in the latents up to a function of the data
+    alone (the contrastive network's logit, or a learned density)."""
+
+    def theta(
+        self,
+        local: Mapping[str, torch.Tensor],
+        global_: Mapping[str, torch.Tensor],
+        lead: torch.Size,
+    ) -> torch.Tensor: ...
+
+    def embed(self, observed: Mapping[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def classify(
+        self,
+        embedded: torch.Tensor,
+        local: Mapping[str, torch.Tensor],
+        global_: Mapping[str, torch.Tensor],
+    ) -> torch.Tensor: ...
+
+
 Normalizer = Callable[
     [PairedJoints, torch.Tensor, Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]],
     torch.Tensor,
@@ -181,14 +215,16 @@ def _normalizer_derivatives(
 
 
 def curvature(
-    net: ContrastiveNetwork, pairs: list[PairedJoints], normalizer: Normalizer | None = None
+    net: LogLikelihood, pairs: list[PairedJoints], normalizer: Normalizer | None = None
 ) -> dict[str, Curvature]:
     """
     Bartlett's identity for each latent coordinate of the estimator's network
     ``net``, on the simulations of ``pairs`` (each drawn at the guide, as a
     training step draws them), against the guide's precision.
 
-    :param ContrastiveNetwork net: the estimator's network.
+    :param LogLikelihood net: the estimator's network (a
+        :class:`~pyro_lfvi.contrastive.ContrastiveNetwork`, or any object with its
+        ``theta``, ``embed`` and ``classify``).
     :param list pairs: paired joints drawn as training steps draw them.
     :param callable normalizer: the estimator's self-normaliser (see
         :data:`Normalizer`), if the ELBO subtracts it from the logit: the

@@ -17,7 +17,11 @@ loss of the copy and of the online network on held-out simulations:
     + \mathbb{E}\big[\log(1 + e^{s(x', z, \beta)})\big],
 
 for the contrastive estimator, with :math:`(x, z, \beta)` a joint draw and
-:math:`x'` from another draw. For the paper's joint classifier
+:math:`x'` from another draw. For the likelihood estimator
+(:class:`~pyro_lfvi.LikelihoodEstimator`) :math:`\mathcal{L}` is its negative
+mean log density of the simulations, :math:`-\mathbb{E}\log q_\phi(x \mid z,
+\beta)`, whose gain is the part of the Kullback-Leibler divergence from the
+simulator that more training at this guide removes. For the paper's joint classifier
 :math:`\mathcal{L}` is its scoring rule (Eq. 5 of [1] with the default log
 loss) on the model's simulations against the data with the guide's draws.
 An estimator that had kept up gains nothing (early stopping keeps the copy
@@ -33,8 +37,8 @@ above that noise; README ("Diagnostics") gives the gains measured on fits
 that met their accuracy targets and on fits that missed them.
 
 On the same simulations the check also tests Bartlett's information identity
-on the contrastive estimator's network, coordinate by coordinate
-(:mod:`pyro_lfvi.curvature`), and warns when the sd error it predicts
+on the contrastive estimator's network or the likelihood estimator's density,
+coordinate by coordinate (:mod:`pyro_lfvi.curvature`), and warns when the sd error it predicts
 (``sd_factor``: a curvature that is not the score's variance) leaves the
 accuracy target of the issue "Posteriors you can trust on real simulators",
 sds within 0.8-1.25x. Where the ELBO self-normalises the ratio, the identity
@@ -56,7 +60,7 @@ import copy
 import functools
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -64,9 +68,10 @@ import torch
 from torch import nn
 
 from .contrastive import ContrastiveNetwork, ContrastiveRatioEstimator, finite_simulations
-from .curvature import Curvature, Normalizer, curvature
+from .curvature import Curvature, LogLikelihood, Normalizer, curvature
 from .errors import LFVIWarning
 from .joint import JointRatioEstimator
+from .likelihood import LikelihoodEstimator, MixtureDensityNetwork
 from .validation import check_positive_int, check_positive_number
 
 if TYPE_CHECKING:
@@ -132,22 +137,56 @@ class EstimatorCheck:
         return self.online_loss - self.refined_loss
 
 
-Checked = ContrastiveRatioEstimator | JointRatioEstimator
+Checked = ContrastiveRatioEstimator | JointRatioEstimator | LikelihoodEstimator
+
+
+class _DensityLogLikelihood:
+    """The likelihood estimator's density seen as :func:`~pyro_lfvi.curvature.curvature`
+    sees a contrastive network (:class:`~pyro_lfvi.curvature.LogLikelihood`)."""
+
+    theta = staticmethod(ContrastiveNetwork.theta)
+
+    def __init__(self, estimator: LikelihoodEstimator, net: MixtureDensityNetwork) -> None:
+        self.estimator, self.net = estimator, net
+
+    def embed(self, observed: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.estimator.observed_features(observed)
+
+    def classify(
+        self,
+        embedded: torch.Tensor,
+        local: Mapping[str, torch.Tensor],
+        global_: Mapping[str, torch.Tensor],
+    ) -> torch.Tensor:
+        return self.net(embedded, self.theta(local, global_, embedded.shape[:-1]))
+
+
+def _log_likelihood(estimator: Checked, net: nn.Module) -> LogLikelihood | None:
+    """What the curvature test measures: the contrastive network's logit or the
+    learned density; None for the joint classifier, whose logit is no log
+    likelihood in the latents alone."""
+    if isinstance(estimator, LikelihoodEstimator):
+        assert isinstance(net, MixtureDensityNetwork)
+        return _DensityLogLikelihood(estimator, net)
+    return net if isinstance(net, ContrastiveNetwork) else None
 
 
 def _loss(estimator: Checked, net: nn.Module, pair: PairedJoints) -> torch.Tensor:
     """The estimator's own training loss of ``net`` on one pairing."""
     if isinstance(estimator, JointRatioEstimator):
         return estimator.ratio_loss(*estimator.training_logits(net, pair))
+    if isinstance(estimator, LikelihoodEstimator):
+        assert isinstance(net, MixtureDensityNetwork)
+        return estimator.simulation_loss(net, pair)
     assert isinstance(net, ContrastiveNetwork)
     return estimator._training(net, pair, finite_simulations(pair), update=False)[0]
 
 
 def online_network(estimator: object) -> nn.Module | None:
     """The network :func:`check_ratio_estimator` checks: the contrastive
-    estimator's or the joint classifier's, once built; None for an estimator
-    not yet trained or of another kind."""
-    if isinstance(estimator, ContrastiveRatioEstimator):
+    estimator's, the likelihood estimator's or the joint classifier's, once
+    built; None for an estimator not yet trained or of another kind."""
+    if isinstance(estimator, ContrastiveRatioEstimator | LikelihoodEstimator):
         return estimator.network
     if isinstance(estimator, JointRatioEstimator):
         return estimator.discriminator
@@ -159,7 +198,8 @@ def _online(elbo: LFVI) -> tuple[Checked, nn.Module]:
     estimator = elbo.estimator
     if estimator is not None and not isinstance(estimator, Checked):
         raise ValueError(
-            "Expected LFVI with the contrastive ratio estimator or the joint classifier, "
+            "Expected LFVI with the contrastive ratio estimator, the likelihood estimator or "
+            "the joint classifier, "
             f"actual estimator {type(estimator).__name__}: the check does not know its "
             "training loss"
         )
@@ -226,7 +266,8 @@ def check_ratio_estimator(
 ) -> EstimatorCheck:
     """
     Check, after training, that LFVI's ratio estimator (the contrastive
-    default or the paper's joint classifier) kept up with the guide (see
+    default, the likelihood estimator or the paper's joint classifier) kept up
+    with the guide (see
     :mod:`pyro_lfvi.estimator_check`); warn (:class:`~pyro_lfvi.LFVIWarning`)
     if it did not. :func:`~pyro_lfvi.fit` calls it at the end of training
     (unless ``check=False``). Neither the param store, the optimiser nor the
@@ -275,8 +316,11 @@ def check_ratio_estimator(
     estimator, online = _online(elbo)
     pairs = _bank(elbo, model, guide, args, kwargs, num_batches)
     coordinates: dict[str, Curvature] = {}
+    measured = _log_likelihood(estimator, online)
     if isinstance(online, ContrastiveNetwork):
         coordinates = curvature(online, pairs, _normalizer(estimator, online, pairs[0]))
+    elif measured is not None:
+        coordinates = curvature(measured, pairs)  # a density: nothing to normalise
     held = max(2, num_batches // 8)
     train, val, test = pairs[: -2 * held], pairs[-2 * held : -held], pairs[-held:]
 
@@ -328,6 +372,16 @@ def check_ratio_estimator(
 
 def _lag_message(estimator: Checked, sims: int, online: float, refined: float) -> str:
     """The warning for an estimator whose copy gained more than the threshold."""
+    if isinstance(estimator, LikelihoodEstimator):
+        return (
+            f"the likelihood estimator lagged behind the guide: trained further on {sims} "
+            f"fresh simulations at the final guide, a copy of its density reaches a negative "
+            f"log likelihood of {refined:.3f} nats a data point against its {online:.3f}, so "
+            f"the guide followed a density still far from the simulator's. Do not trust the "
+            f"posterior: its means and sds can both be off. Give the density more updates, "
+            f"LikelihoodEstimator(refine_steps={2 * max(1, estimator.refine_steps)}), or train "
+            f"for more steps, and train again; then check again."
+        )
     if isinstance(estimator, JointRatioEstimator):
         return (
             f"the joint classifier lagged behind the guide: trained further on {sims} fresh "

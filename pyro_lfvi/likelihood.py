@@ -237,6 +237,11 @@ class LikelihoodEstimator(RatioEstimator):
             raise ValueError(f"Expected summary to be callable or None, actual {summary!r}")
         self.summary = summary
         self.network: MixtureDensityNetwork | None = None
+        self.discrete: torch.Tensor | None = None
+        """Which features are integer-valued (in the first step's simulations and
+        the data); the density is fitted to them plus uniform noise in
+        :math:`[0, 1)` (dequantisation), and evaluated at the middle of their
+        unit bin."""
         self._replay: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._refiner: tuple[nn.Module, torch.optim.Optimizer] | None = None
         self._refiner_state: dict[str, Any] = {}
@@ -246,12 +251,35 @@ class LikelihoodEstimator(RatioEstimator):
 
     # -- features ---------------------------------------------------------------
 
-    def _features(self, observed: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def features(self, observed: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """A data point's features ``(..., dx)``: the observed sites' rows, after
+        ``summary`` if any, in the order of their names."""
         if self.summary is not None:
             observed = self.summary(observed)
         return torch.cat([observed[n] for n in sorted(observed)], -1)
 
-    def _net(self, x: torch.Tensor, theta: torch.Tensor) -> MixtureDensityNetwork:
+    def _dequantize(self, x: torch.Tensor, noise: bool) -> torch.Tensor:
+        """Integer-valued features (:attr:`discrete`) spread over their unit bin:
+        by uniform noise for simulations to fit, to its middle for data points
+        to evaluate (a density over integers would pile onto them and grow
+        without bound)."""
+        if self.discrete is None or not bool(self.discrete.any()):
+            return x
+        shift = torch.rand_like(x) if noise else torch.full_like(x, 0.5)
+        return x + shift * self.discrete.to(x.dtype)
+
+    def observed_features(self, observed: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The features at which the density is evaluated for data points
+        ``observed``: :meth:`features`, integer-valued ones moved to the middle
+        of their unit bin (see :attr:`discrete`)."""
+        return self._dequantize(self.features(observed), noise=False)
+
+    def _net(
+        self, x: torch.Tensor, theta: torch.Tensor, observed: torch.Tensor
+    ) -> MixtureDensityNetwork:
+        if self.discrete is None:  # integer-valued in every simulation and data point seen
+            seen = torch.cat([x.reshape(-1, x.shape[-1]), observed.reshape(-1, x.shape[-1])])
+            self.discrete = (seen == seen.round()).all(0)
         if self.network is None:
             stored = stored_module(self.name)  # a resumed run: build off the global RNG
             with torch.random.fork_rng(enabled=stored):
@@ -281,6 +309,23 @@ class LikelihoodEstimator(RatioEstimator):
         joint, shuffled = net(x, theta)[valid], net(x, other)[valid]
         return float(((joint > shuffled).float() + 0.5 * (joint == shuffled).float()).mean())
 
+    def _simulations(self, pair: PairedJoints) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The simulations' features ``(P, M, dx)`` (non-finite ones zeroed), their
+        latents ``(P, M, dz)`` and which rows are finite ``(P, M)``, detached."""
+        valid = finite_simulations(pair)
+        observed = zero_nonfinite({k: v.detach() for k, v in pair.p_observed.items()})
+        local = {k: v.detach() for k, v in pair.p_local.items()}
+        global_ = {k: v.detach() for k, v in pair.p_global.items()}
+        theta = ContrastiveNetwork.theta(local, global_, valid.shape)
+        return self.features(observed), theta, valid
+
+    def simulation_loss(self, net: MixtureDensityNetwork, pair: PairedJoints) -> torch.Tensor:
+        """The training loss of ``net``, its negative mean log density, on the
+        finite simulations of ``pair`` alone (no replay, no update): what
+        :func:`~pyro_lfvi.check_ratio_estimator` compares."""
+        x, theta, valid = self._simulations(pair)
+        return -net(self._dequantize(x, noise=True)[valid], theta[valid]).mean()
+
     def _training_rows(
         self, pair: PairedJoints, update: bool
     ) -> tuple[MixtureDensityNetwork, torch.Tensor, torch.Tensor, int, float]:
@@ -292,15 +337,11 @@ class LikelihoodEstimator(RatioEstimator):
                 "adds their densities); with an implicit local prior or guide use the default "
                 "estimator, which falls back to the joint classifier"
             )
-        valid = finite_simulations(pair)
+        x_all, theta_all, valid = self._simulations(pair)
         bad = count_nonfinite(valid, self.nan_policy, list(pair.p_observed))
-        observed = zero_nonfinite({k: v.detach() for k, v in pair.p_observed.items()})
-        local = {k: v.detach() for k, v in pair.p_local.items()}
-        global_ = {k: v.detach() for k, v in pair.p_global.items()}
-        x_all = self._features(observed)
-        theta_all = ContrastiveNetwork.theta(local, global_, valid.shape)
+        net = self._net(x_all[valid], theta_all[valid], self.features(pair.q_observed))
+        x_all = self._dequantize(x_all, noise=True)
         x, theta = x_all[valid], theta_all[valid]
-        net = self._net(x, theta)
         accuracy = self._pairwise_accuracy(net, x_all, theta_all, valid, pair.mirrored)
         if update:
             if x.shape[0] >= 2:
@@ -336,7 +377,7 @@ class LikelihoodEstimator(RatioEstimator):
         if update and self.refine_steps > 0 and torch.is_grad_enabled():
             self._refine(net, x, theta)
         loss = -net(x, theta).mean()
-        observed = self._features(pair.q_observed)
+        observed = self.observed_features(pair.q_observed)
         latents = ContrastiveNetwork.theta(pair.q_local, pair.q_global, observed.shape[:-1])
         with frozen_weights(net):
             log_ratio = net(observed, latents)

@@ -15,8 +15,9 @@ from pyro_lfvi import (
 from pyro_lfvi.estimator_check import online_network
 from pyro_lfvi.examples import GaussianLinear
 
-# The contrastive default and the paper's joint classifier.
-ESTIMATORS = [None, "joint"]
+# The contrastive default, the likelihood estimator and the paper's joint classifier.
+ESTIMATORS = [None, "likelihood", "joint"]
+NAMES = {None: "ratio estimator", "likelihood": "likelihood estimator", "joint": "joint classifier"}
 
 
 def trained(num_steps, estimator=None, **lfvi):
@@ -34,14 +35,13 @@ def test_an_estimator_that_has_not_learned_is_flagged(estimator):
     # After two steps the classifier has barely started: a copy trained on
     # simulations at the guide must do much better, and the check must say so.
     problem, elbo = trained(2, estimator)
-    name = "joint classifier" if estimator == "joint" else "ratio estimator"
-    with pytest.warns(LFVIWarning, match=f"{name} lagged behind the guide"):
+    with pytest.warns(LFVIWarning, match=f"{NAMES[estimator]} lagged behind the guide"):
         result = check_ratio_estimator(elbo, problem.model, problem.guide, problem.data)
     assert isinstance(result, EstimatorCheck)
     assert result.warned and result.gain > 0.05
     assert result.simulations == 64 * elbo.num_particles
-    # Bartlett's identity is tested on the contrastive estimator's likelihood only.
-    assert bool(result.curvature) == (estimator is None)
+    # Bartlett's identity is tested on a log likelihood: not the joint classifier's logit.
+    assert bool(result.curvature) == (estimator != "joint")
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)

@@ -148,3 +148,47 @@ def test_a_series_that_can_explode_trains_without_overflow():
     for _ in range(60):
         assert math.isfinite(svi.step(problem.data))
     assert all(math.isfinite(h["likelihood_loss"]) for h in elbo.history)
+
+
+def count_problem(summary_shift=False):
+    # One observation of five Poisson counts (N = 1), or with summary_shift a
+    # summary of two features: the counts' sum (integer) and their mean plus 0.1.
+    data = torch.tensor([[3.0, 6.0, 2.0, 4.0, 5.0]])
+
+    def model(data):
+        rate = pyro.sample("rate", dist.Gamma(2.0, 0.5))
+        with pyro.plate("data", 1):
+            simulate = lambda r: torch.poisson(r.unsqueeze(-1).expand(*r.shape, 5))  # noqa: E731
+            pyro.sample("x", ImplicitSite(simulate, rate, event_shape=(5,)), obs=data)
+
+    def guide(data):
+        loc = pyro.param("loc", torch.tensor(1.0))
+        pyro.sample("rate", dist.LogNormal(loc, 0.5))
+
+    def summary(observed):
+        x = observed["x"]
+        return {"s": torch.stack([x.sum(-1), x.mean(-1) + 0.1], -1)}
+
+    return data, model, guide, (summary if summary_shift else None)
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_integer_valued_features_are_dequantized(mixed):
+    # A density over integers would pile onto them: integer-valued features are
+    # fitted with uniform noise over their unit bin and evaluated at its middle.
+    data, model, guide, summary = count_problem(mixed)
+    estimator = LikelihoodEstimator(summary=summary)
+    elbo = LFVI(estimator=estimator)
+    elbo.loss_and_grads(model, guide, data)
+    expected = [True, False] if mixed else [True] * 5
+    assert estimator.discrete is not None and estimator.discrete.tolist() == expected
+    features = estimator.observed_features({"x": data})
+    raw = estimator.features({"x": data})
+    assert torch.equal(features - raw, 0.5 * torch.tensor([expected], dtype=raw.dtype))
+    # Continuous data are left alone.
+    pyro.clear_param_store()
+    data, model, guide = small_problem()
+    estimator = LikelihoodEstimator()
+    LFVI(estimator=estimator).loss_and_grads(model, guide, data)
+    assert estimator.discrete is not None and not bool(estimator.discrete.any())
+    assert torch.equal(estimator.observed_features({"x": data[:3, None]}), data[:3, None])
