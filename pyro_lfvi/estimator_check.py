@@ -18,12 +18,24 @@ loss of the copy and of the online network on held-out simulations:
 
 for the contrastive estimator, with :math:`(x, z, \beta)` a joint draw and
 :math:`x'` from another draw. For the likelihood estimator
-(:class:`~pyro_lfvi.LikelihoodEstimator`) :math:`\mathcal{L}` is its negative
-mean log density of the simulations, :math:`-\mathbb{E}\log q_\phi(x \mid z,
-\beta)`, whose gain is the part of the Kullback-Leibler divergence from the
-simulator that more training at this guide removes. For the paper's joint classifier
-:math:`\mathcal{L}` is its scoring rule (Eq. 5 of [1] with the default log
-loss) on the model's simulations against the data with the guide's draws.
+(:class:`~pyro_lfvi.LikelihoodEstimator`) the copy trains on its own loss, the
+negative log density of the simulations, but both are scored by the log loss
+of telling which of two particles' latents simulated :math:`x`,
+
+.. math::
+
+    \mathcal{L} = \mathbb{E}\big[\log(1 + e^{-(\log q_\phi(x \mid z, \beta)
+    - \log q_\phi(x \mid z', \beta'))})\big],
+
+with :math:`(z', \beta')` another particle's: the exact likelihood minimises
+it, and it sees only how the density moves with the latents, which is all
+the posterior sees (a better fit of the data's shape alone, which more
+training at one guide always finds, leaves it unchanged). A log-ratio error
+:math:`\epsilon` in each of the two terms costs about :math:`\epsilon^2/4`
+near chance, as in the contrastive loss, so the same threshold applies.
+For the paper's joint classifier :math:`\mathcal{L}` is its scoring rule
+(Eq. 5 of [1] with the default log loss) on the model's simulations against
+the data with the guide's draws.
 An estimator that had kept up gains nothing (early stopping keeps the copy
 at the online network when further training does not help). A gain above
 ``threshold`` warns (:class:`~pyro_lfvi.LFVIWarning`): the estimator was
@@ -171,12 +183,18 @@ def _log_likelihood(estimator: Checked, net: nn.Module) -> LogLikelihood | None:
     return net if isinstance(net, ContrastiveNetwork) else None
 
 
-def _loss(estimator: Checked, net: nn.Module, pair: PairedJoints) -> torch.Tensor:
-    """The estimator's own training loss of ``net`` on one pairing."""
+def _loss(
+    estimator: Checked, net: nn.Module, pair: PairedJoints, scored: bool = False
+) -> torch.Tensor:
+    """The estimator's own training loss of ``net`` on one pairing (``scored``:
+    the loss the check compares, the same but for the likelihood estimator's,
+    the pairwise log loss of its log ratio)."""
     if isinstance(estimator, JointRatioEstimator):
         return estimator.ratio_loss(*estimator.training_logits(net, pair))
     if isinstance(estimator, LikelihoodEstimator):
         assert isinstance(net, MixtureDensityNetwork)
+        if scored:
+            return estimator.pairwise_loss(net, pair)
         return estimator.simulation_loss(net, pair)
     assert isinstance(net, ContrastiveNetwork)
     return estimator._training(net, pair, finite_simulations(pair), update=False)[0]
@@ -248,7 +266,7 @@ def _mean_loss(estimator: Checked, net: nn.Module, pairs: list[PairedJoints]) ->
     """Mean training loss over ``pairs``, with the same contrasts for any network."""
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(0)
-        total = sum(float(_loss(estimator, net, p)) for p in pairs)
+        total = sum(float(_loss(estimator, net, p, scored=True)) for p in pairs)
     return total / len(pairs)
 
 
@@ -375,9 +393,10 @@ def _lag_message(estimator: Checked, sims: int, online: float, refined: float) -
     if isinstance(estimator, LikelihoodEstimator):
         return (
             f"the likelihood estimator lagged behind the guide: trained further on {sims} "
-            f"fresh simulations at the final guide, a copy of its density reaches a negative "
-            f"log likelihood of {refined:.3f} nats a data point against its {online:.3f}, so "
-            f"the guide followed a density still far from the simulator's. Do not trust the "
+            f"fresh simulations at the final guide, a copy of its density tells which of two "
+            f"particles simulated a data point with a log loss of {refined:.3f} against its "
+            f"{online:.3f} (log 2 = {math.log(2):.3f} is chance), so the guide followed a "
+            f"likelihood still far from the simulator's. Do not trust the "
             f"posterior: its means and sds can both be off. Give the density more updates, "
             f"LikelihoodEstimator(refine_steps={2 * max(1, estimator.refine_steps)}), or train "
             f"for more steps, and train again; then check again."

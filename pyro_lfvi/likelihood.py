@@ -326,6 +326,16 @@ class LikelihoodEstimator(RatioEstimator):
         x, theta, valid = self._simulations(pair)
         return -net(self._dequantize(x, noise=True)[valid], theta[valid]).mean()
 
+    def pairwise_loss(self, net: MixtureDensityNetwork, pair: PairedJoints) -> torch.Tensor:
+        """The log loss of telling, from ``net``'s log ratio, which of two particles'
+        latents simulated each finite simulation of ``pair`` (its own or another
+        particle's, as :meth:`_pairwise_accuracy` pairs them): minimised by the exact
+        likelihood, blind to any function of the data alone."""
+        x, theta, valid = self._simulations(pair)
+        x = self._dequantize(x, noise=True)
+        other = theta.roll(_shift(valid.shape[0], pair.mirrored), 0)
+        return F.softplus(net(x, other) - net(x, theta))[valid].mean()
+
     def _training_rows(
         self, pair: PairedJoints, update: bool
     ) -> tuple[MixtureDensityNetwork, torch.Tensor, torch.Tensor, int, float]:

@@ -17,6 +17,7 @@ its two objectives). Implementations: :class:`~pyro_lfvi.ContrastiveRatioEstimat
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,7 @@ from pyro import poutine
 from pyro.params import module_from_param_with_module_name, param_with_module_name
 from torch import nn
 
-from .errors import DiscriminatorError
+from .errors import DiscriminatorError, ModelStructureError
 from .pairing import PairedJoints
 
 __all__ = [
@@ -74,9 +75,32 @@ def register_network(name: str, net: nn.Module, untrained: Sequence[str] = ()) -
     parameter so that the param store saves and restores it) hidden from the
     trace, so that SVI's optimiser does not step them.
     """
+    if _CHECKED.get(net) != name:
+        _check_stored_shapes(name, net)
+        _CHECKED[net] = name
     hidden = [param_with_module_name(name, n) for n in untrained]
     with poutine.block(hide=hidden):
         return pyro.module(name, net, update_module_params=True)
+
+
+_CHECKED: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
+"""Networks whose stored weights :func:`register_network` has checked, by name."""
+
+
+def _check_stored_shapes(name: str, net: nn.Module) -> None:
+    """A ``ModelStructureError`` if the param store holds weights of module
+    ``name`` that do not fit ``net``: another model's estimator, left there
+    because the store was not cleared between fits."""
+    store = pyro.get_param_store()
+    for param_name, param in net.named_parameters():
+        key = param_with_module_name(name, param_name)
+        if key in store and tuple(store[key].shape) != tuple(param.shape):
+            raise ModelStructureError(
+                f"Expected the param store's '{key}' to have this model's shape "
+                f"{tuple(param.shape)}, actual {tuple(store[key].shape)}: the store holds "
+                f"the ratio estimator of another model (a previous fit). Call "
+                f"pyro.clear_param_store() before fitting a new model"
+            )
 
 
 def private_updates(

@@ -186,6 +186,18 @@ CASES = [
         r"site 'x'.*actual \(8, 3\); if each data point is a vector.*event_shape=\(3,\)",
     ),
     Case(
+        "another model's ratio estimator left in the param store",
+        step(
+            model_with(
+                sim=lambda mu: noisy(mu.unsqueeze(-1).expand(*mu.shape, 2)), event_shape=(2,)
+            ),
+            data=torch.randn(8, 2),
+        ),
+        ModelStructureError,
+        r"'lfvi_ratio\$\$\$x_standardization' to have this model's shape \(2, 2\), actual "
+        r"\(2, 1\).*pyro.clear_param_store\(\)",
+    ),
+    Case(
         "no observations (plate of size zero)",
         step(model_with(), data=torch.zeros(0)),
         ModelStructureError,
