@@ -39,7 +39,12 @@ series or images, give it summaries (``summary=``). Features and latents are
 standardised with robust running statistics, as in the contrastive estimator,
 and standardised features beyond 4 are squashed logarithmically: the density
 is learned for that transform of the data, whose Jacobian depends on the data
-alone and leaves the ELBO's gradients unchanged.
+alone and leaves the ELBO's gradients unchanged. Features that are
+integer-valued in the first step's simulations and in the data (counts) are
+dequantised: the density is fitted to them plus uniform noise on
+:math:`[0, 1)` and evaluated at :math:`x + 1/2`; a density fitted to the
+integers themselves piles onto them without bound (on sbibm's ``sir``, whose
+data are survey counts, it lagged by 7 nats and put the posterior 0.55 sds off).
 
 References
 
@@ -329,7 +334,7 @@ class LikelihoodEstimator(RatioEstimator):
     def pairwise_loss(self, net: MixtureDensityNetwork, pair: PairedJoints) -> torch.Tensor:
         """The log loss of telling, from ``net``'s log ratio, which of two particles'
         latents simulated each finite simulation of ``pair`` (its own or another
-        particle's, as :meth:`_pairwise_accuracy` pairs them): minimised by the exact
+        particle's, paired as for the recorded ``discriminator_accuracy``): minimised by the exact
         likelihood, blind to any function of the data alone."""
         x, theta, valid = self._simulations(pair)
         x = self._dequantize(x, noise=True)
