@@ -80,7 +80,7 @@ import torch
 from torch import nn
 
 from .contrastive import ContrastiveNetwork, ContrastiveRatioEstimator, finite_simulations
-from .curvature import Curvature, LogLikelihood, Normalizer, curvature
+from .curvature import Curvature, Normalizer, curvature
 from .errors import LFVIWarning
 from .joint import JointRatioEstimator
 from .likelihood import LikelihoodEstimator, MixtureDensityNetwork
@@ -171,16 +171,6 @@ class _DensityLogLikelihood:
         global_: Mapping[str, torch.Tensor],
     ) -> torch.Tensor:
         return self.net(embedded, self.theta(local, global_, embedded.shape[:-1]))
-
-
-def _log_likelihood(estimator: Checked, net: nn.Module) -> LogLikelihood | None:
-    """What the curvature test measures: the contrastive network's logit or the
-    learned density; None for the joint classifier, whose logit is no log
-    likelihood in the latents alone."""
-    if isinstance(estimator, LikelihoodEstimator):
-        assert isinstance(net, MixtureDensityNetwork)
-        return _DensityLogLikelihood(estimator, net)
-    return net if isinstance(net, ContrastiveNetwork) else None
 
 
 def _loss(
@@ -334,11 +324,12 @@ def check_ratio_estimator(
     estimator, online = _online(elbo)
     pairs = _bank(elbo, model, guide, args, kwargs, num_batches)
     coordinates: dict[str, Curvature] = {}
-    measured = _log_likelihood(estimator, online)
     if isinstance(online, ContrastiveNetwork):
         coordinates = curvature(online, pairs, _normalizer(estimator, online, pairs[0]))
-    elif measured is not None:
-        coordinates = curvature(measured, pairs)  # a density: nothing to normalise
+    elif isinstance(online, MixtureDensityNetwork):
+        assert isinstance(estimator, LikelihoodEstimator)
+        density = _DensityLogLikelihood(estimator, online)
+        coordinates = curvature(density, pairs)  # a density: nothing to normalise
     held = max(2, num_batches // 8)
     train, val, test = pairs[: -2 * held], pairs[-2 * held : -held], pairs[-held:]
 

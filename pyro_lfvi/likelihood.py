@@ -279,12 +279,7 @@ class LikelihoodEstimator(RatioEstimator):
         of their unit bin (see :attr:`discrete`)."""
         return self._dequantize(self.features(observed), noise=False)
 
-    def _net(
-        self, x: torch.Tensor, theta: torch.Tensor, observed: torch.Tensor
-    ) -> MixtureDensityNetwork:
-        if self.discrete is None:  # integer-valued in every simulation and data point seen
-            seen = torch.cat([x.reshape(-1, x.shape[-1]), observed.reshape(-1, x.shape[-1])])
-            self.discrete = (seen == seen.round()).all(0)
+    def _net(self, x: torch.Tensor, theta: torch.Tensor) -> MixtureDensityNetwork:
         if self.network is None:
             stored = stored_module(self.name)  # a resumed run: build off the global RNG
             with torch.random.fork_rng(enabled=stored):
@@ -316,13 +311,19 @@ class LikelihoodEstimator(RatioEstimator):
 
     def _simulations(self, pair: PairedJoints) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The simulations' features ``(P, M, dx)`` (non-finite ones zeroed), their
-        latents ``(P, M, dz)`` and which rows are finite ``(P, M)``, detached."""
+        latents ``(P, M, dz)`` and which rows are finite ``(P, M)``, detached; at
+        the first call, which features are integer-valued (:attr:`discrete`)."""
         valid = finite_simulations(pair)
         observed = zero_nonfinite({k: v.detach() for k, v in pair.p_observed.items()})
         local = {k: v.detach() for k, v in pair.p_local.items()}
         global_ = {k: v.detach() for k, v in pair.p_global.items()}
         theta = ContrastiveNetwork.theta(local, global_, valid.shape)
-        return self.features(observed), theta, valid
+        x = self.features(observed)
+        if self.discrete is None:  # integer-valued in every simulation and data point seen
+            data = self.features(pair.q_observed).detach()
+            seen = torch.cat([x[valid], data.reshape(-1, x.shape[-1])])
+            self.discrete = (seen == seen.round()).all(0)
+        return x, theta, valid
 
     def simulation_loss(self, net: MixtureDensityNetwork, pair: PairedJoints) -> torch.Tensor:
         """The training loss of ``net``, its negative mean log density, on the
@@ -354,7 +355,7 @@ class LikelihoodEstimator(RatioEstimator):
             )
         x_all, theta_all, valid = self._simulations(pair)
         bad = count_nonfinite(valid, self.nan_policy, list(pair.p_observed))
-        net = self._net(x_all[valid], theta_all[valid], self.features(pair.q_observed))
+        net = self._net(x_all[valid], theta_all[valid])
         x_all = self._dequantize(x_all, noise=True)
         x, theta = x_all[valid], theta_all[valid]
         accuracy = self._pairwise_accuracy(net, x_all, theta_all, valid, pair.mirrored)
