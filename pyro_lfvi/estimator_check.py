@@ -40,6 +40,14 @@ An estimator that had kept up gains nothing (early stopping keeps the copy
 at the online network when further training does not help). A gain above
 ``threshold`` warns (:class:`~pyro_lfvi.LFVIWarning`): the estimator was
 still far from what the same network learns from simulations at this guide.
+For the likelihood estimator a gain alone does not warn: the copy's density
+keeps improving at the final guide in ways the posterior hardly sees, so the
+check also reweights the guide's draws of the globals by how much the copy
+raises the likelihood of the observed data
+(:func:`~pyro_lfvi.reweighting.posterior_shift`), trained to the end (no
+early stop once ahead), and warns only if a global's mean would move by more
+than :data:`SHIFT_TOLERANCE` of its sds or its sd by a factor outside
+:data:`SD_TOLERANCE` (a model without globals: the gain alone decides).
 
 The default threshold, 0.02 nats, is a log-ratio error of about 0.3 (for a
 logit error :math:`\epsilon` near chance each of the two terms grows by about
@@ -84,6 +92,7 @@ from .curvature import Curvature, Normalizer, curvature
 from .errors import LFVIWarning
 from .joint import JointRatioEstimator
 from .likelihood import LikelihoodEstimator, MixtureDensityNetwork
+from .reweighting import PosteriorShift, posterior_shift
 from .validation import check_positive_int, check_positive_number
 
 if TYPE_CHECKING:
@@ -103,6 +112,11 @@ and more updates would only cost time."""
 SD_TOLERANCE = (0.8, 1.25)
 """Posterior sd ratios that the curvature test accepts (the accuracy targets of
 the issue "Posteriors you can trust on real simulators")."""
+
+SHIFT_TOLERANCE = 0.25
+"""Move of a global's posterior mean, in its sds, that the likelihood estimator's
+lag test accepts (half the accuracy target of 0.5 sds); see
+:func:`~pyro_lfvi.reweighting.posterior_shift`."""
 
 PAIRS_PER_UPDATE = 4
 """Training steps' worth of simulations in each update of the copy; it is
@@ -127,6 +141,9 @@ class EstimatorCheck:
     :param dict curvature: Bartlett's identity by latent coordinate
         (:class:`~pyro_lfvi.curvature.Curvature`; empty when not measured, as
         for the joint classifier).
+    :param dict shift: for the likelihood estimator, how each global coordinate's
+        posterior would move under the refined copy's density
+        (:class:`~pyro_lfvi.reweighting.PosteriorShift`; empty otherwise).
     """
 
     online_loss: float
@@ -135,6 +152,7 @@ class EstimatorCheck:
     simulations: int
     warned: bool
     curvature: dict[str, Curvature] = field(default_factory=dict)
+    shift: dict[str, PosteriorShift] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[str]:
@@ -142,6 +160,19 @@ class EstimatorCheck:
         :data:`~pyro_lfvi.estimator_check.SD_TOLERANCE`."""
         low, high = SD_TOLERANCE
         return [name for name, c in self.curvature.items() if not low < c.sd_factor < high]
+
+    @property
+    def moved(self) -> list[str]:
+        """Global coordinates whose posterior would move under the refined copy
+        by more than :data:`~pyro_lfvi.estimator_check.SHIFT_TOLERANCE` sds, or
+        whose sd would change by a factor outside
+        :data:`~pyro_lfvi.estimator_check.SD_TOLERANCE`."""
+        low, high = SD_TOLERANCE
+        return [
+            name
+            for name, m in self.shift.items()
+            if not (abs(m.mean) <= SHIFT_TOLERANCE and low < m.sd_factor < high)
+        ]
 
     @property
     def gain(self) -> float:
@@ -171,6 +202,17 @@ class _DensityLogLikelihood:
         global_: Mapping[str, torch.Tensor],
     ) -> torch.Tensor:
         return self.net(embedded, self.theta(local, global_, embedded.shape[:-1]))
+
+    def at_data(self, pair: PairedJoints) -> torch.Tensor:
+        """The density's log likelihood of the pairing's observed data at the
+        guide's draws, as the ELBO evaluates it."""
+        observed = self.embed(pair.q_observed)
+        return self.classify(observed, pair.q_local, pair.q_global)
+
+    def refined(self, net: nn.Module) -> _DensityLogLikelihood:
+        """The same for another network of the same estimator."""
+        assert isinstance(net, MixtureDensityNetwork)
+        return _DensityLogLikelihood(self.estimator, net)
 
 
 def _loss(
@@ -324,6 +366,7 @@ def check_ratio_estimator(
     estimator, online = _online(elbo)
     pairs = _bank(elbo, model, guide, args, kwargs, num_batches)
     coordinates: dict[str, Curvature] = {}
+    density: _DensityLogLikelihood | None = None
     if isinstance(online, ContrastiveNetwork):
         coordinates = curvature(online, pairs, _normalizer(estimator, online, pairs[0]))
     elif isinstance(online, MixtureDensityNetwork):
@@ -354,7 +397,7 @@ def check_ratio_estimator(
                 if current < best - 1e-4:
                     best, stale = current, 0
                     best_state = copy.deepcopy(refined.state_dict())
-                    if start - best > DECIDED * threshold:
+                    if start - best > DECIDED * threshold and density is None:
                         break  # far ahead on validation: more updates would only cost time
                 else:
                     stale += 1
@@ -367,20 +410,49 @@ def check_ratio_estimator(
     online_loss = _mean_loss(estimator, online, test)
     refined_loss = _mean_loss(estimator, refined, test)
     sims = sum(int(p.p_observed[p.roles.observed[0]].shape[:2].numel()) for p in pairs)
-    gain = online_loss - refined_loss
-    warned = bool(warn and gain > threshold)
-    if warned:
-        message = _lag_message(estimator, sims, online_loss, refined_loss)
+    result = EstimatorCheck(online_loss, refined_loss, updates, sims, False, coordinates)
+    if density is not None:  # what the copy's density would do to the posterior
+        result.shift = posterior_shift(density.at_data, density.refined(refined).at_data, pairs)
+    # The likelihood estimator's lag matters only if it would move the posterior.
+    lagged = result.gain > threshold and (density is None or not result.shift or result.moved)
+    if warn and lagged:
+        result.warned = True
+        message = _lag_message(estimator, result)
         warnings.warn(message, LFVIWarning, stacklevel=2)
-    result = EstimatorCheck(online_loss, refined_loss, updates, sims, warned, coordinates)
     if warn and result.failed:
         result.warned = True
         warnings.warn(_curvature_message(result, sims), LFVIWarning, stacklevel=2)
     return result
 
 
-def _lag_message(estimator: Checked, sims: int, online: float, refined: float) -> str:
+def _moves(result: EstimatorCheck) -> str:
+    """The largest predicted moves, for the likelihood estimator's lag warning."""
+    if not result.moved:
+        return "its means and sds can both be off"
+    shift = result.shift
+    parts = [
+        f"'{name}' {shift[name].mean:+.2f} sds, sd {shift[name].sd_factor:.2f}x"
+        for name in sorted(
+            result.moved,
+            key=lambda n: -abs(math.log(shift[n].sd_factor)) - abs(shift[n].mean),
+        )[:3]
+    ]
+    effective = next(iter(shift.values())).effective
+    few = (
+        f" (only {100 * effective:.1f}% of the draws carry weight: the two likelihoods "
+        "differ by more than this can measure)"
+        if effective < 0.1
+        else ""
+    )
+    return (
+        "reweighted by the copy's likelihood of the data, the guide's draws of the globals "
+        "move (mean in guide sds, sd factor): " + "; ".join(parts) + few
+    )
+
+
+def _lag_message(estimator: Checked, result: EstimatorCheck) -> str:
     """The warning for an estimator whose copy gained more than the threshold."""
+    sims, online, refined = result.simulations, result.online_loss, result.refined_loss
     if isinstance(estimator, LikelihoodEstimator):
         return (
             f"the likelihood estimator lagged behind the guide: trained further on {sims} "
@@ -388,7 +460,7 @@ def _lag_message(estimator: Checked, sims: int, online: float, refined: float) -
             f"particles simulated a data point with a log loss of {refined:.3f} against its "
             f"{online:.3f} (log 2 = {math.log(2):.3f} is chance), so the guide followed a "
             f"likelihood still far from the simulator's. Do not trust the "
-            f"posterior: its means and sds can both be off. Give the density more updates, "
+            f"posterior: {_moves(result)}. Give the density more updates, "
             f"LikelihoodEstimator(refine_steps={2 * max(1, estimator.refine_steps)}), or train "
             f"for more steps, and train again; then check again."
         )

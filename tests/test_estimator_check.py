@@ -10,10 +10,12 @@ from pyro_lfvi import (
     LFVIWarning,
     RatioEstimator,
     check_ratio_estimator,
+    estimator_check,
     fit,
 )
-from pyro_lfvi.estimator_check import online_network
+from pyro_lfvi.estimator_check import SHIFT_TOLERANCE, online_network
 from pyro_lfvi.examples import GaussianLinear
+from pyro_lfvi.reweighting import PosteriorShift
 
 # The contrastive default, the likelihood estimator and the paper's joint classifier.
 ESTIMATORS = [None, "likelihood", "joint"]
@@ -45,6 +47,42 @@ def test_an_estimator_that_has_not_learned_is_flagged(estimator):
     assert result.simulations == 64 * elbo.num_particles
     # Bartlett's identity is tested on a log likelihood: not the joint classifier's logit.
     assert bool(result.curvature) == (estimator != "joint")
+
+
+def test_the_likelihood_estimators_lag_warns_by_what_it_moves():
+    # One step in, the density is far from the simulator's: reweighted by a copy
+    # trained further, the guide's draws move, and the warning says by how much.
+    problem, elbo = trained(EARLY["likelihood"], "likelihood")
+    with pytest.warns(LFVIWarning, match=r"the guide's draws of the globals move .*sd factor"):
+        result = check_ratio_estimator(elbo, problem.model, problem.guide, problem.data)
+    assert set(result.shift) == {"theta[0]", "theta[1]"} and result.moved
+    # The contrastive estimator's check does not reweight.
+    problem, elbo = trained(EARLY[None])
+    assert (
+        check_ratio_estimator(elbo, problem.model, problem.guide, problem.data, warn=False).shift
+        == {}
+    )
+
+
+@pytest.mark.parametrize("move", [0.1, 0.4])
+def test_a_lag_that_moves_nothing_is_not_flagged(monkeypatch, move):
+    # The likelihood estimator's lag warns only if the copy would move a global's
+    # posterior by more than SHIFT_TOLERANCE sds (or its sd out of 0.8-1.25x).
+    problem, elbo = trained(EARLY["likelihood"], "likelihood")
+    shift = {
+        "theta[0]": PosteriorShift(move, 1.0, 0.9),
+        "theta[1]": PosteriorShift(0.0, 1.1, 0.9),
+    }
+    monkeypatch.setattr(estimator_check, "posterior_shift", lambda *args: shift)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LFVIWarning)
+        result = check_ratio_estimator(elbo, problem.model, problem.guide, problem.data)
+    lag = [w for w in caught if "lagged behind" in str(w.message)]
+    assert result.gain > 0.05
+    assert result.moved == ([] if move < SHIFT_TOLERANCE else ["theta[0]"])
+    assert len(lag) == (0 if move < SHIFT_TOLERANCE else 1)
+    if lag:
+        assert "'theta[0]' +0.40 sds, sd 1.00x" in str(lag[0].message)
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
