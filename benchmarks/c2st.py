@@ -256,7 +256,11 @@ def main() -> None:
                     moves = result.shift.values()
                     largest = max(abs(m.mean) for m in moves)
                     low_sd, high_sd = (f(m.sd_factor for m in moves) for f in (min, max))
-                    gain += f"  moves {largest:.2f} sds, sd {low_sd:.2f}-{high_sd:.2f}x"
+                    effective = next(iter(moves)).effective
+                    gain += (
+                        f"  moves {largest:.2f} sds, sd {low_sd:.2f}-{high_sd:.2f}x, "
+                        f"ESS {effective:.2f}"
+                    )
             print(
                 f"{steps:>6}{calls:>11}{seed:>6}{score:>8.3f}{error:>10.2f}{low:>7.2f}-{high:.2f}"
                 f"{seconds:>7.0f}s{gain}{over}"

@@ -47,7 +47,9 @@ raises the likelihood of the observed data
 (:func:`~pyro_lfvi.reweighting.posterior_shift`), trained to the end (no
 early stop once ahead), and warns only if a global's mean would move by more
 than :data:`SHIFT_TOLERANCE` of its sds or its sd by a factor outside
-:data:`SD_TOLERANCE` (a model without globals: the gain alone decides).
+:data:`SD_TOLERANCE`, or if the weights' effective sample size falls below
+:data:`MIN_EFFECTIVE` (a change of shape; a model without globals: the gain
+alone decides).
 
 The default threshold, 0.02 nats, is a log-ratio error of about 0.3 (for a
 logit error :math:`\epsilon` near chance each of the two terms grows by about
@@ -118,6 +120,12 @@ SHIFT_TOLERANCE = 0.25
 lag test accepts (half the accuracy target of 0.5 sds); see
 :func:`~pyro_lfvi.reweighting.posterior_shift`."""
 
+MIN_EFFECTIVE = math.exp(-0.25)
+"""Effective sample size, as a fraction of the guide's draws, below which the
+likelihood estimator's lag test counts the reweighting as a change of the
+posterior whatever its means and sds do (a change of shape, as when two modes
+blur): that of a Normal whose mean moves by 0.5 sds, the accuracy target."""
+
 PAIRS_PER_UPDATE = 4
 """Training steps' worth of simulations in each update of the copy; it is
 evaluated for early stopping every 100 updates and stops after 5 without
@@ -173,6 +181,12 @@ class EstimatorCheck:
             for name, m in self.shift.items()
             if not (abs(m.mean) <= SHIFT_TOLERANCE and low < m.sd_factor < high)
         ]
+
+    @property
+    def reshaped(self) -> bool:
+        """Whether the reweighting by the refined copy leaves an effective sample
+        size below :data:`~pyro_lfvi.estimator_check.MIN_EFFECTIVE` of the draws."""
+        return any(m.effective < MIN_EFFECTIVE for m in self.shift.values())
 
     @property
     def gain(self) -> float:
@@ -414,7 +428,9 @@ def check_ratio_estimator(
     if density is not None:  # what the copy's density would do to the posterior
         result.shift = posterior_shift(density.at_data, density.refined(refined).at_data, pairs)
     # The likelihood estimator's lag matters only if it would move the posterior.
-    lagged = result.gain > threshold and (density is None or not result.shift or result.moved)
+    lagged = result.gain > threshold and (
+        density is None or not result.shift or bool(result.moved) or result.reshaped
+    )
     if warn and lagged:
         result.warned = True
         message = _lag_message(estimator, result)
@@ -427,9 +443,16 @@ def check_ratio_estimator(
 
 def _moves(result: EstimatorCheck) -> str:
     """The largest predicted moves, for the likelihood estimator's lag warning."""
+    shift = result.shift
+    if not result.moved and result.reshaped:
+        effective = next(iter(shift.values())).effective
+        return (
+            f"reweighted by the copy's likelihood of the data, only {100 * effective:.0f}% of "
+            "the guide's draws of the globals carry weight: its shape would change (its "
+            "modes, its tails) even where its means and sds stay"
+        )
     if not result.moved:
         return "its means and sds can both be off"
-    shift = result.shift
     parts = [
         f"'{name}' {shift[name].mean:+.2f} sds, sd {shift[name].sd_factor:.2f}x"
         for name in sorted(
