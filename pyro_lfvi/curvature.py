@@ -67,6 +67,7 @@ __all__ = [
     "MAX_COORDINATES",
     "Normalizer",
     "RELEVANT",
+    "coordinate_names",
     "curvature",
 ]
 
@@ -138,15 +139,23 @@ class Curvature:
         return max(self.points * self.curvature / self.guide_precision, 0.0) ** 0.5
 
 
+def coordinate_names(*parts: Mapping[str, torch.Tensor]) -> list[str]:
+    """The names of the coordinates of latents ``(..., d)`` by site, in the order
+    in which the contrastive network's ``theta`` joins them: ``"a"`` for a
+    site of one coordinate, ``"theta[3]"`` for one of a vector site."""
+    names: list[str] = []
+    for part in parts:
+        for name, value in part.items():
+            size = value.shape[-1]
+            names += [name] if size == 1 else [f"{name}[{i}]" for i in range(size)]
+    return names
+
+
 def _coordinates(pair: PairedJoints) -> tuple[list[str], int]:
     """The names of the latent coordinates, in the order of
     :meth:`~pyro_lfvi.contrastive.ContrastiveNetwork.theta` (locals, then
     globals), and the number of local ones."""
-    names: list[str] = []
-    for part in (pair.p_local, pair.p_global):
-        for name, value in part.items():
-            size = value.shape[-1]
-            names += [name] if size == 1 else [f"{name}[{i}]" for i in range(size)]
+    names = coordinate_names(pair.p_local, pair.p_global)
     return names, sum(v.shape[-1] for v in pair.p_local.values())
 
 

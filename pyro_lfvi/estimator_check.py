@@ -223,11 +223,6 @@ class _DensityLogLikelihood:
         observed = self.embed(pair.q_observed)
         return self.classify(observed, pair.q_local, pair.q_global)
 
-    def refined(self, net: nn.Module) -> _DensityLogLikelihood:
-        """The same for another network of the same estimator."""
-        assert isinstance(net, MixtureDensityNetwork)
-        return _DensityLogLikelihood(self.estimator, net)
-
 
 def _loss(
     estimator: Checked, net: nn.Module, pair: PairedJoints, scored: bool = False
@@ -426,7 +421,9 @@ def check_ratio_estimator(
     sims = sum(int(p.p_observed[p.roles.observed[0]].shape[:2].numel()) for p in pairs)
     result = EstimatorCheck(online_loss, refined_loss, updates, sims, False, coordinates)
     if density is not None:  # what the copy's density would do to the posterior
-        result.shift = posterior_shift(density.at_data, density.refined(refined).at_data, pairs)
+        assert isinstance(refined, MixtureDensityNetwork)
+        copied = _DensityLogLikelihood(density.estimator, refined)
+        result.shift = posterior_shift(density.at_data, copied.at_data, pairs)
     # The likelihood estimator's lag matters only if it would move the posterior.
     lagged = result.gain > threshold and (
         density is None or not result.shift or bool(result.moved) or result.reshaped

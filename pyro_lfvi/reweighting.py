@@ -41,6 +41,7 @@ from typing import NamedTuple
 import torch
 
 from .contrastive import ContrastiveNetwork
+from .curvature import coordinate_names
 from .pairing import PairedJoints
 
 __all__ = ["PosteriorShift", "posterior_shift"]
@@ -65,14 +66,6 @@ class PosteriorShift(NamedTuple):
     effective: float
 
 
-def _global_names(pair: PairedJoints) -> list[str]:
-    names: list[str] = []
-    for name, value in pair.q_global.items():
-        size = value.shape[-1]
-        names += [name] if size == 1 else [f"{name}[{i}]" for i in range(size)]
-    return names
-
-
 @torch.no_grad()
 def posterior_shift(
     before: LogRatio, after: LogRatio, pairs: Sequence[PairedJoints]
@@ -90,7 +83,7 @@ def posterior_shift(
         ``q_observed`` data are used).
     :returns: a :class:`PosteriorShift` by coordinate name (``"a"``, or
         ``"theta[3]"`` for a vector site); empty without global latents or with
-        fewer than two draws.
+        fewer than two draws whose log ratios are finite.
     :rtype: dict
     """
     if not pairs or not pairs[0].q_global:
@@ -104,10 +97,10 @@ def posterior_shift(
         rows = ContrastiveNetwork.theta({}, pair.q_global, torch.Size([particles, 1]))
         draws.append(rows.detach().reshape(particles, -1).double())
     beta, lw = torch.cat(draws), torch.cat(log_w)
-    if beta.shape[0] < 2:
-        return {}
     keep = torch.isfinite(lw)
     beta, lw = beta[keep], lw[keep]
+    if beta.shape[0] < 2:
+        return {}
     weights = torch.softmax(lw, 0).unsqueeze(-1)
     loc, sd = beta.mean(0), beta.std(0, unbiased=False).clamp_min(1e-30)
     moved = (weights * beta).sum(0)
@@ -117,5 +110,5 @@ def posterior_shift(
         name: PosteriorShift(
             float((moved[j] - loc[j]) / sd[j]), float(moved_sd[j] / sd[j]), effective
         )
-        for j, name in enumerate(_global_names(pairs[0]))
+        for j, name in enumerate(coordinate_names(pairs[0].q_global))
     }
