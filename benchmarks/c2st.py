@@ -75,6 +75,7 @@ from pyro_lfvi import (
     LFVIWarning,
     LikelihoodEstimator,
     check_ratio_estimator,
+    to_inference_data,
 )
 from pyro_lfvi.examples import SIR, SLCP, BernoulliGLM, GaussianLinear, TwoMoons
 
@@ -159,6 +160,26 @@ def fit(
         svi.step(problem.data)
 
 
+def reweighted_draws(problem: Task, elbo: LFVI, num: int) -> tuple[torch.Tensor, Any]:
+    """``(num, dim)`` draws of ``to_inference_data(..., reweight=True)`` after a fit
+    (its end-of-training check run), and the ``posterior`` group they came in."""
+    guide_trace = pyro.poutine.trace(problem.guide).get_trace(problem.data)
+    latent = next(n for n, v in guide_trace.nodes.items() if v["type"] == "sample")
+    idata = to_inference_data(
+        problem.model,
+        problem.guide,
+        problem.data,
+        num_samples=num,
+        num_chains=1,
+        lfvi=elbo,
+        reweight=True,
+        prior=False,
+        var_names=[latent],
+    )
+    post = idata.posterior
+    return torch.as_tensor(post[latent].values).reshape(num, -1).float(), post
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=sorted(TASKS), default="gaussian_linear")
@@ -200,6 +221,13 @@ def main() -> None:
         help="run fit's end-of-training checks, print check_ratio_estimator's gain and "
         "every LFVIWarning the fit raised",
     )
+    parser.add_argument(
+        "--reweight",
+        action="store_true",
+        help="also score to_inference_data(..., reweight=True)'s draws (the guide's, "
+        "importance-resampled by the end-of-training check's copy of the ratio estimator; "
+        "runs the check)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     options: dict[str, Any] = {
@@ -236,7 +264,15 @@ def main() -> None:
             start = time.perf_counter()
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", LFVIWarning)
-                fit(problem, steps, args.lr, args.final_lr, elbo, args.ratio_lr, args.check)
+                fit(
+                    problem,
+                    steps,
+                    args.lr,
+                    args.final_lr,
+                    elbo,
+                    args.ratio_lr,
+                    args.check or args.reweight,
+                )
             seconds = time.perf_counter() - start
             raised = [str(w.message)[:70] for w in caught if issubclass(w.category, LFVIWarning)]
             draws = problem.guide_samples(5000)
@@ -245,6 +281,18 @@ def main() -> None:
             error, low, high = moment_errors(draws, reference)
             calls = steps * elbo.num_particles
             over = "  (over the 10^5 budget)" if calls > 100_000 else ""
+            reweighted = ""
+            if args.reweight:
+                with warnings.catch_warnings(record=True) as kept:
+                    warnings.simplefilter("always", LFVIWarning)
+                    resampled, post = reweighted_draws(problem, elbo, 5000)
+                r_error, r_low, r_high = moment_errors(resampled, reference)
+                reweighted = (
+                    f"  reweighted: C2ST {c2st(resampled, reference, seed):.3f}, mean err "
+                    f"{r_error:.2f}, sds {r_low:.2f}-{r_high:.2f}, ESS "
+                    f"{post.attrs['reweighted_effective_fraction']:.2f}"
+                    + ("" if post.attrs["reweighted"] else f" (kept the guide's: {len(kept)})")
+                )
             gain = ""
             if args.check:
                 result = check_ratio_estimator(
@@ -263,7 +311,7 @@ def main() -> None:
                     )
             print(
                 f"{steps:>6}{calls:>11}{seed:>6}{score:>8.3f}{error:>10.2f}{low:>7.2f}-{high:.2f}"
-                f"{seconds:>7.0f}s{gain}{over}"
+                f"{seconds:>7.0f}s{gain}{over}{reweighted}"
                 + (f"  warnings: {raised or 'none'}" if args.check else ""),
                 flush=True,
             )

@@ -25,6 +25,7 @@ from .likelihood import LikelihoodEstimator
 from .networks import NoiseNetwork
 from .ratio import RatioEstimator, RatioObjectives
 from .ratio_losses import hinge_loss, log_loss
+from .reweighting import reweighted_globals
 from .stationarity import Stationarity, check_stationarity
 from .training import fit, plot_history
 
@@ -64,6 +65,7 @@ __all__ = [
     "load_checkpoint",
     "log_loss",
     "plot_history",
+    "reweighted_globals",
     "save_checkpoint",
     "to_inference_data",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pyro
 import pyro.distributions as dist
@@ -47,6 +47,9 @@ from .validation import (
     check_positive_number,
     check_sizes,
 )
+
+if TYPE_CHECKING:
+    from .estimator_check import EstimatorCheck
 
 __all__ = ["LFVI"]
 
@@ -492,6 +495,10 @@ class LFVI(TrainingControls, ELBO):
         #: A :class:`~pyro_lfvi.History`: reads like a list of dicts, in bounded memory.
         self.history = history
         self.monitor: TrainingMonitor | None = TrainingMonitor() if diagnostics else None
+        #: What the last :func:`~pyro_lfvi.check_ratio_estimator` measured (an
+        #: :class:`~pyro_lfvi.EstimatorCheck`; None before the first check), for
+        #: :func:`~pyro_lfvi.to_inference_data` with ``reweight=True``.
+        self.estimator_check: EstimatorCheck | None = None
         if callback is not None and not callable(callback):
             raise ValueError(f"Expected callback to be callable or None, actual {callback!r}")
         self.callback = callback

@@ -51,6 +51,13 @@ than :data:`SHIFT_TOLERANCE` of its sds or its sd by a factor outside
 :data:`MIN_EFFECTIVE` (a change of shape; a model without globals: the gain
 alone decides).
 
+The contrastive and the likelihood estimators' copies, trained to the end,
+stay in the result (``log_ratios``):
+:func:`~pyro_lfvi.reweighted_globals`, and :func:`~pyro_lfvi.to_inference_data` with
+``reweight=True``, importance-resample the guide's globals by how much the copy
+raises the likelihood of the observed data, for a posterior that follows the
+copy rather than the estimator that lagged.
+
 The default threshold, 0.02 nats, is a log-ratio error of about 0.3 (for a
 logit error :math:`\epsilon` near chance each of the two terms grows by about
 :math:`\epsilon^2 / 8`). An estimator that kept up gains nothing, up to the
@@ -94,7 +101,7 @@ from .curvature import Curvature, Normalizer, curvature
 from .errors import LFVIWarning
 from .joint import JointRatioEstimator
 from .likelihood import LikelihoodEstimator, MixtureDensityNetwork
-from .reweighting import PosteriorShift, posterior_shift
+from .reweighting import LogRatio, PosteriorShift, posterior_shift
 from .validation import check_positive_int, check_positive_number
 
 if TYPE_CHECKING:
@@ -109,7 +116,9 @@ GAIN_THRESHOLD = 0.02
 DECIDED = 3.0
 """The copy stops training once its validation loss is this many thresholds
 below the online network's: the held-out comparison will almost surely warn,
-and more updates would only cost time."""
+and more updates would only cost time (except the likelihood estimator's, whose
+lag is judged by what it moves; a contrastive copy stopped early trains on when
+:func:`~pyro_lfvi.reweighted_globals` asks for it)."""
 
 SD_TOLERANCE = (0.8, 1.25)
 """Posterior sd ratios that the curvature test accepts (the accuracy targets of
@@ -152,6 +161,10 @@ class EstimatorCheck:
     :param dict shift: for the likelihood estimator, how each global coordinate's
         posterior would move under the refined copy's density
         (:class:`~pyro_lfvi.reweighting.PosteriorShift`; empty otherwise).
+    :param callable log_ratios: returns the online network's and the refined
+        copy's log ratios at the observed data, as the ELBO evaluates them, for
+        :func:`~pyro_lfvi.reweighted_globals` (None for the joint classifier). A contrastive
+        copy that stopped early, clearly ahead, trains to the end on its first call.
     """
 
     online_loss: float
@@ -161,6 +174,9 @@ class EstimatorCheck:
     warned: bool
     curvature: dict[str, Curvature] = field(default_factory=dict)
     shift: dict[str, PosteriorShift] = field(default_factory=dict)
+    log_ratios: Callable[[], tuple[LogRatio, LogRatio]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def failed(self) -> list[str]:
@@ -222,6 +238,23 @@ class _DensityLogLikelihood:
         guide's draws, as the ELBO evaluates it."""
         observed = self.embed(pair.q_observed)
         return self.classify(observed, pair.q_local, pair.q_global)
+
+
+def _contrastive_at_data(estimator: ContrastiveRatioEstimator, net: ContrastiveNetwork) -> LogRatio:
+    """``net``'s log ratio at a pairing's observed data and the guide's draws, as
+    the ELBO evaluates it (self-normalised where the ELBO normalises, over the
+    same simulations for any network)."""
+
+    def at_data(pair: PairedJoints) -> torch.Tensor:
+        log_ratio = net(pair.q_observed, pair.q_local, pair.q_global)
+        if estimator.normalizes(pair):
+            with torch.random.fork_rng():
+                torch.manual_seed(0)
+                valid = finite_simulations(pair)
+                log_ratio = log_ratio - estimator.log_normalizer(net, pair, valid)
+        return log_ratio
+
+    return at_data
 
 
 def _loss(
@@ -311,6 +344,54 @@ def _mean_loss(estimator: Checked, net: nn.Module, pairs: list[PairedJoints]) ->
     return total / len(pairs)
 
 
+def _train_copy(
+    estimator: Checked,
+    start: nn.Module,
+    train: list[PairedJoints],
+    val: list[PairedJoints],
+    max_updates: int,
+    lr: float,
+    stop_ahead: float | None,
+) -> tuple[nn.Module, int, bool]:
+    """Train a copy of ``start`` on ``train`` with Adam, keeping the state with the
+    best loss on ``val`` (evaluated every 100 updates; 5 without improvement stop
+    it); with ``stop_ahead``, stop once that far below ``start``'s loss. Returns
+    the copy (``start`` itself if training never helped), the updates and
+    whether it stopped ahead."""
+    refined = copy.deepcopy(start)
+    params = [p for n, p in refined.named_parameters() if not n.endswith("standardization")]
+    for p in params:
+        p.requires_grad_(True)
+    optim = torch.optim.Adam(params, lr=lr)
+    first = best = _mean_loss(estimator, refined, val)
+    best_state, stale, updates, ahead = None, 0, 0, False
+    with torch.random.fork_rng(), torch.enable_grad():  # also when called under no_grad
+        torch.manual_seed(1)
+        order = torch.randint(len(train), (max_updates, PAIRS_PER_UPDATE))
+        for updates in range(1, max_updates + 1):
+            picks = [train[int(i)] for i in order[updates - 1]]
+            loss = torch.stack([_loss(estimator, refined, p) for p in picks]).mean()
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+            if updates % 100 == 0:
+                current = _mean_loss(estimator, refined, val)
+                if current < best - 1e-4:
+                    best, stale = current, 0
+                    best_state = copy.deepcopy(refined.state_dict())
+                    if stop_ahead is not None and first - best > stop_ahead:
+                        ahead = True
+                        break  # far ahead on validation: more updates would only cost time
+                else:
+                    stale += 1
+                    if stale >= 5:
+                        break
+    if best_state is None:  # further training never helped
+        return start, updates, False
+    refined.load_state_dict(best_state)
+    return refined, updates, ahead
+
+
 def check_ratio_estimator(
     elbo: LFVI,
     model: Callable[..., object],
@@ -385,45 +466,40 @@ def check_ratio_estimator(
     held = max(2, num_batches // 8)
     train, val, test = pairs[: -2 * held], pairs[-2 * held : -held], pairs[-held:]
 
-    refined = copy.deepcopy(online)
-    params = [p for n, p in refined.named_parameters() if not n.endswith("standardization")]
-    for p in params:
-        p.requires_grad_(True)
-    optim = torch.optim.Adam(params, lr=lr)
-    start = best = _mean_loss(estimator, refined, val)
-    best_state, stale, updates = None, 0, 0
-    with torch.random.fork_rng():
-        torch.manual_seed(1)
-        order = torch.randint(len(train), (max_updates, PAIRS_PER_UPDATE))
-        for updates in range(1, max_updates + 1):
-            picks = [train[int(i)] for i in order[updates - 1]]
-            loss = torch.stack([_loss(estimator, refined, p) for p in picks]).mean()
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
-            if updates % 100 == 0:
-                current = _mean_loss(estimator, refined, val)
-                if current < best - 1e-4:
-                    best, stale = current, 0
-                    best_state = copy.deepcopy(refined.state_dict())
-                    if start - best > DECIDED * threshold and density is None:
-                        break  # far ahead on validation: more updates would only cost time
-                else:
-                    stale += 1
-                    if stale >= 5:
-                        break
-    if best_state is None:  # further training never helped
-        refined = online
-    else:
-        refined.load_state_dict(best_state)
+    stop_ahead = DECIDED * threshold if density is None else None
+    refined, updates, ahead = _train_copy(
+        estimator, online, train, val, max_updates, lr, stop_ahead
+    )
     online_loss = _mean_loss(estimator, online, test)
     refined_loss = _mean_loss(estimator, refined, test)
     sims = sum(int(p.p_observed[p.roles.observed[0]].shape[:2].numel()) for p in pairs)
     result = EstimatorCheck(online_loss, refined_loss, updates, sims, False, coordinates)
+    # The networks as they are now, should training go on after the check.
+    snapshot = copy.deepcopy(online)
+    refined = snapshot if refined is online else refined
     if density is not None:  # what the copy's density would do to the posterior
         assert isinstance(refined, MixtureDensityNetwork)
+        assert isinstance(snapshot, MixtureDensityNetwork)
         copied = _DensityLogLikelihood(density.estimator, refined)
         result.shift = posterior_shift(density.at_data, copied.at_data, pairs)
+        log_ratios = (_DensityLogLikelihood(density.estimator, snapshot).at_data, copied.at_data)
+        result.log_ratios = lambda: log_ratios
+    elif isinstance(estimator, ContrastiveRatioEstimator):
+        assert isinstance(snapshot, ContrastiveNetwork)
+
+        @functools.cache
+        def finished() -> tuple[LogRatio, LogRatio]:
+            """The log ratios of the online network and of the copy trained to the end
+            (it stopped early if it was clearly ahead)."""
+            copied = refined
+            if ahead:
+                copied = _train_copy(estimator, refined, train, val, max_updates, lr, None)[0]
+            assert isinstance(copied, ContrastiveNetwork)
+            at_data = functools.partial(_contrastive_at_data, estimator)
+            return at_data(snapshot), at_data(copied)
+
+        result.log_ratios = finished
+    elbo.estimator_check = result
     # The likelihood estimator's lag matters only if it would move the posterior.
     lagged = result.gain > threshold and (
         density is None or not result.shift or bool(result.moved) or result.reshaped
@@ -470,6 +546,13 @@ def _moves(result: EstimatorCheck) -> str:
     )
 
 
+_REWEIGHT = (
+    "With few data points (a single observation), to_inference_data(..., lfvi=elbo, "
+    "reweight=True) importance-resamples the guide's globals by that copy instead "
+    "(README, 'A single observation')."
+)
+
+
 def _lag_message(estimator: Checked, result: EstimatorCheck) -> str:
     """The warning for an estimator whose copy gained more than the threshold."""
     sims, online, refined = result.simulations, result.online_loss, result.refined_loss
@@ -482,7 +565,7 @@ def _lag_message(estimator: Checked, result: EstimatorCheck) -> str:
             f"likelihood still far from the simulator's. Do not trust the "
             f"posterior: {_moves(result)}. Give the density more updates, "
             f"LikelihoodEstimator(refine_steps={2 * max(1, estimator.refine_steps)}), or train "
-            f"for more steps, and train again; then check again."
+            f"for more steps, and train again; then check again. {_REWEIGHT}"
         )
     if isinstance(estimator, JointRatioEstimator):
         return (
@@ -505,7 +588,8 @@ def _lag_message(estimator: Checked, result: EstimatorCheck) -> str:
         f"likely too wide or missing structure (modes, correlations). Give the ratio "
         f"estimator faster updates than the guide, e.g. a per-parameter learning rate, "
         f"pyro.optim.ClippedAdam(lambda name: {{'lr': 0.03 if name.startswith('lfvi_ratio') "
-        f"else 0.01, 'lrd': ...}}), or more steps, and train again; then check again."
+        f"else 0.01, 'lrd': ...}}), or more steps, and train again; then check again. "
+        f"{_REWEIGHT}"
     )
 
 

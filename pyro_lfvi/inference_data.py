@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -11,8 +12,10 @@ import torch
 from pyro import poutine
 
 from .compat import site_is_subsample
+from .errors import LFVIWarning
 from .handlers import name_implicit_sites
 from .history import History
+from .reweighting import POOL_FACTOR, reweighted_globals
 from .roles import classify_sites, plate_nesting, value_of
 from .validation import check_positive_int
 
@@ -171,6 +174,7 @@ def to_inference_data(
     dims: Mapping[str, Sequence[str]] | None = None,
     prior: bool = True,
     var_names: Sequence[str] | None = None,
+    reweight: bool = False,
     **kwargs: Any,
 ) -> Any:
     """
@@ -199,6 +203,21 @@ def to_inference_data(
     Plate dimensions are named after their plates; event dimensions
     ``<site>_dim_<k>`` unless ``dims`` renames them. A subsampled data plate
     is swept in minibatches so that every data point gets its local draws.
+
+    With ``reweight=True`` the globals in ``posterior`` (and the locals and
+    simulations drawn at them) are the guide's draws importance-resampled by
+    the ratio estimator's copy that :func:`~pyro_lfvi.fit`'s end-of-training
+    check trained to convergence at the final guide
+    (:func:`~pyro_lfvi.reweighted_globals`): where the
+    estimator lagged behind the guide (the check warns), this corrects the
+    blur it left; where it kept up, the draws are the guide's. The
+    ``posterior`` group's attributes ``reweighted`` (1 or 0) and
+    ``reweighted_effective_fraction`` say whether it was done and the weights'
+    effective sample size over the draws they were resampled from. When that
+    leaves fewer effective draws than asked for (as with many data points,
+    where small errors per point add up), the guide's draws are kept, with an
+    :class:`~pyro_lfvi.LFVIWarning`. Meant for few data points, such as a
+    single observation.
 
     With ArviZ 0.x this is an :class:`arviz.InferenceData`; with ArviZ >= 1.0
     an :class:`xarray.DataTree` with the same groups.
@@ -239,9 +258,17 @@ def to_inference_data(
         the predictive groups and ``observed_data``, which are left out when
         no observed site is named.
     :type var_names: list of str or None
+    :param bool reweight: importance-resample the globals by the last
+        :func:`~pyro_lfvi.check_ratio_estimator` of ``lfvi`` (default False;
+        needs ``lfvi``, with the contrastive or likelihood estimator).
     """
     num_samples = check_positive_int("num_samples", num_samples)
     num_chains = check_positive_int("num_chains", num_chains)
+    if reweight and lfvi is None:
+        raise ValueError(
+            "Expected lfvi=<the LFVI instance used to fit> with reweight=True, actual None: "
+            "the reweighting uses its end-of-training check"
+        )
     if getattr(lfvi, "monitor", None) is not None:
         lfvi.monitor.check_convergence()  # type: ignore[union-attr]
     model_n = name_implicit_sites(model)
@@ -293,6 +320,21 @@ def to_inference_data(
     # that every chunk of data points shares the same draws of the globals.
     posterior, prior_tr = [], []
     post_globals: dict[str, Site] | None = None
+    effective: float | None = None
+    reweighted = False
+    if reweight:
+        assert lfvi is not None
+        resampled, effective = reweighted_globals(
+            lfvi, model, guide, *args, num_samples=num_samples * num_chains, **kwargs
+        )
+        reweighted = _enough(effective, num_samples * num_chains)
+        if reweighted:
+            with poutine.block():
+                base = poutine.Trace()
+                if sub_name is not None and sub_site is not None and chunks[0] is not None:
+                    base.add_node(sub_name, **dict(sub_site, value=chunks[0]))
+                g = run(guide_n, base, model_side=False)
+            post_globals = {n: _with_draws(g.nodes[n], resampled[n], dim) for n in roles.global_}
     prior_globals: dict[str, Site] | None = None
     with poutine.block():
         for idx in chunks:
@@ -313,6 +355,9 @@ def to_inference_data(
     groups = {
         "posterior": _dataset(_collect(posterior, latents, plate, True, num_chains), coords, dims)
     }
+    if effective is not None:
+        groups["posterior"].attrs["reweighted"] = int(reweighted)
+        groups["posterior"].attrs["reweighted_effective_fraction"] = effective
     if observed:
         groups["posterior_predictive"] = _dataset(
             _collect(posterior, observed, plate, True, num_chains), coords, dims
@@ -330,6 +375,42 @@ def to_inference_data(
     if history:
         groups["training_history"] = _history_dataset(history)
     return _assemble(groups)
+
+
+def _enough(effective: float, wanted: int) -> bool:
+    """Whether the reweighting's pool holds at least ``wanted`` effective draws; if
+    not, warn that the guide's draws are kept."""
+    pool = POOL_FACTOR * wanted
+    if effective * pool >= wanted:
+        return True
+    warnings.warn(
+        f"reweight=True: kept the guide's draws, since the reweighted posterior would rest on "
+        f"about {effective * pool:.0f} effective draws of the {pool} it resamples {wanted} from "
+        f"(effective sample size {effective:.1%}). The check's copy of the ratio estimator "
+        "changes the likelihood of the data too much for importance weights to carry (with "
+        "many data points, small errors per point add up): trust the guide only if the "
+        "end-of-training check did not warn; otherwise train longer or give the ratio "
+        "estimator faster updates, then convert again",
+        LFVIWarning,
+        stacklevel=3,
+    )
+    return False
+
+
+def _with_draws(site: Site, flat: torch.Tensor, dim: int) -> Site:
+    """A copy of a global ``site`` traced under the draws plate (at ``dim``) whose
+    value holds the given draws, ``(S, d)`` in the order of the pairings' rows."""
+    value = value_of(site)
+    event_dim = len(getattr(site["fn"], "event_shape", ()))
+    axis = value.dim() - event_dim + dim
+    moved = value.movedim(axis, 0)
+    if flat.shape[0] != moved.shape[0] or flat[0].numel() != moved[0].numel():
+        raise ValueError(
+            f"Expected reweighted draws of global site '{site['name']}' of shape "
+            f"({moved.shape[0]}, {moved[0].numel()}), actual {tuple(flat.shape)}"
+        )
+    draws = flat.to(value.dtype).reshape(moved.shape).movedim(0, axis)
+    return cast("Site", {**site, "value": draws})
 
 
 def _wanted(var_names: Sequence[str], sites: list[str]) -> set[str]:

@@ -12,6 +12,7 @@ from pyro_lfvi import (
     check_ratio_estimator,
     estimator_check,
     fit,
+    reweighted_globals,
 )
 from pyro_lfvi.estimator_check import MIN_EFFECTIVE, SHIFT_TOLERANCE, online_network
 from pyro_lfvi.examples import GaussianLinear
@@ -47,6 +48,25 @@ def test_an_estimator_that_has_not_learned_is_flagged(estimator):
     assert result.simulations == 64 * elbo.num_particles
     # Bartlett's identity is tested on a log likelihood: not the joint classifier's logit.
     assert bool(result.curvature) == (estimator != "joint")
+    # The LFVI instance keeps the result, with the log ratios to reweight by (not the
+    # joint classifier's logit).
+    assert elbo.estimator_check is result
+    assert (result.log_ratios is None) == (estimator == "joint")
+
+
+@pytest.mark.parametrize("estimator", [None, "likelihood"])
+def test_reweighted_globals_of_a_lagging_estimator(estimator):
+    # Draws of the globals, resampled from four times as many guide draws by the
+    # copy's log likelihood: the copy of an estimator two steps in differs, so
+    # the weights are unequal.
+    problem, elbo = trained(EARLY[estimator], estimator)
+    check_ratio_estimator(elbo, problem.model, problem.guide, problem.data, warn=False)
+    draws, effective = reweighted_globals(
+        elbo, problem.model, problem.guide, problem.data, num_samples=64
+    )
+    assert set(draws) == {"theta"} and draws["theta"].shape == (64, 2)
+    assert torch.isfinite(draws["theta"]).all()
+    assert 0.0 < effective < 1.0
 
 
 def test_the_likelihood_estimators_lag_warns_by_what_it_moves():

@@ -10,7 +10,7 @@ import pytest
 import torch
 from fitting import train
 
-from pyro_lfvi import LFVI, ImplicitSite, to_inference_data
+from pyro_lfvi import LFVI, EstimatorCheck, ImplicitSite, LFVIWarning, to_inference_data
 from pyro_lfvi.examples import ConjugateNormal, HierarchicalNormal
 
 ARVIZ_1 = int(az.__version__.split(".")[0]) >= 1
@@ -20,16 +20,24 @@ def groups_of(data):
     return set(data.children) if ARVIZ_1 else set(data.groups())
 
 
-def test_groups_names_dims_and_shapes_with_subsampled_locals():
+def _three_steps():
+    """The hierarchical example (7 groups, minibatches of 3) after three steps."""
     problem = HierarchicalNormal(num_groups=7, batch_size=3)
     elbo = LFVI()
     svi = pyro.infer.SVI(problem.model, problem.guide, pyro.optim.Adam({"lr": 0.01}), elbo)
     for _ in range(3):
         svi.step(problem.data)
+    return problem, elbo
+
+
+def _args(problem):
+    return problem.model, problem.guide, problem.data
+
+
+def test_groups_names_dims_and_shapes_with_subsampled_locals():
+    problem, elbo = _three_steps()
     idata = to_inference_data(
-        problem.model,
-        problem.guide,
-        problem.data,
+        *_args(problem),
         num_samples=25,
         num_chains=2,
         lfvi=elbo,
@@ -181,3 +189,101 @@ def test_sequential_plates_train_and_convert():
     idata = to_inference_data(model, guide, data, num_samples=10, num_chains=2)
     assert idata["posterior"]["mu"].shape == (2, 10)
     assert idata["posterior_predictive"]["x_1"].dims == ("chain", "draw", "data_1")
+
+
+def _per_point(pair, total):
+    """Values per particle and data point whose minibatch sum, scaled to the full
+    data, is ``total`` (one per particle)."""
+    points, full = pair.roles.num_points, pair.roles.full_size
+    return (total / full).reshape(-1, 1).expand(pair.num_particles, points)
+
+
+def _checked_at_exact_posterior(slope):
+    """The conjugate example's guide at the exact posterior, and an LFVI whose check
+    reports a refined log likelihood that tilts it by ``exp(slope (mu - m) / s)``."""
+    problem = ConjugateNormal()
+    mean, sd = (float(v) for v in problem.exact()["mu"])
+    pyro.param("mu_loc", torch.tensor(mean))
+    pyro.param("mu_scale", torch.tensor(sd))
+    elbo = LFVI()
+
+    def online(pair):
+        return torch.zeros(pair.num_particles, pair.roles.num_points)
+
+    def refined(pair):
+        return _per_point(pair, slope * (pair.q_global["mu"].reshape(-1) - mean) / sd)
+
+    elbo.estimator_check = EstimatorCheck(
+        0.0, 0.0, 0, 0, False, log_ratios=lambda: (online, refined)
+    )
+    return problem, elbo, mean, sd
+
+
+def _reweighted_mu(problem, elbo, num_samples):
+    """The posterior group of ``mu`` alone, reweighted, in two chains."""
+    args = (problem.model, problem.guide, problem.data)
+    options = {"num_chains": 2, "lfvi": elbo, "reweight": True, "prior": False}
+    return to_inference_data(*args, num_samples=num_samples, var_names=["mu"], **options)[
+        "posterior"
+    ]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_reweighting_tilts_the_globals_as_the_checks_copy_says(seed):
+    # A Normal(m, s) guide reweighted by exp(a (mu - m) / s) is Normal(m + a s, s).
+    # Tolerances: the issue's targets halved for the mean (0.25 sds), its 0.8-1.25x for the sd.
+    pyro.set_rng_seed(seed)
+    slope = 0.5
+    problem, elbo, mean, sd = _checked_at_exact_posterior(slope)
+    post = _reweighted_mu(problem, elbo, 250)
+    assert post.attrs["reweighted"] == 1
+    assert post.attrs["reweighted_effective_fraction"] == pytest.approx(
+        np.exp(-(slope**2)), abs=0.1
+    )
+    mu = post["mu"].values
+    assert mu.shape == (2, 250)
+    assert abs(mu.mean() - (mean + slope * sd)) < 0.25 * sd
+    assert 0.8 < mu.std() / sd < 1.25
+
+
+def test_reweighting_whose_weights_collapse_keeps_the_guides_draws_and_warns():
+    pyro.set_rng_seed(0)
+    problem, elbo, mean, sd = _checked_at_exact_posterior(50.0)
+    with pytest.warns(LFVIWarning, match="reweight=True: kept the guide's draws"):
+        post = _reweighted_mu(problem, elbo, 100)
+    assert post.attrs["reweighted"] == 0 and post.attrs["reweighted_effective_fraction"] < 0.25
+    assert abs(post["mu"].values.mean() - mean) < 0.25 * sd
+
+
+def test_reweighting_draws_locals_at_the_resampled_globals():
+    # Equal weights (a copy that changed nothing): the globals are the guide's
+    # draws, each once, and the locals and simulations have their usual shapes.
+    pyro.set_rng_seed(0)
+    problem, elbo = _three_steps()
+
+    def same(pair):
+        return torch.zeros(pair.num_particles, pair.roles.num_points)
+
+    elbo.estimator_check = EstimatorCheck(0.0, 0.0, 0, 0, False, log_ratios=lambda: (same, same))
+    idata = to_inference_data(
+        *_args(problem), num_samples=25, num_chains=2, lfvi=elbo, reweight=True
+    )
+    post = idata["posterior"]
+    assert post.attrs["reweighted"] == 1
+    assert post.attrs["reweighted_effective_fraction"] == pytest.approx(1.0)
+    assert post["mu"].shape == (2, 25) and post["theta"].shape == (2, 25, 7)
+    assert np.unique(post["mu"].values).size == 50
+    assert idata["posterior_predictive"]["y"].shape == (2, 25, 7, 10)
+
+
+def test_reweighting_needs_a_checked_lfvi_with_a_log_likelihood():
+    problem = ConjugateNormal()
+    args = (problem.model, problem.guide, problem.data)
+    with pytest.raises(ValueError, match="Expected lfvi=<the LFVI instance used to fit>"):
+        to_inference_data(*args, num_samples=10, reweight=True)
+    elbo = LFVI()
+    with pytest.raises(ValueError, match="actual one never checked"):
+        to_inference_data(*args, num_samples=10, lfvi=elbo, reweight=True)
+    elbo.estimator_check = EstimatorCheck(0.0, 0.0, 0, 0, False)  # the joint classifier's
+    with pytest.raises(ValueError, match="actual the joint classifier"):
+        to_inference_data(*args, num_samples=10, lfvi=elbo, reweight=True)

@@ -1,4 +1,4 @@
-"""posterior_shift against tilts of the guide whose effect is known exactly."""
+"""Importance reweighting against tilts of the guide whose effect is known exactly."""
 
 import math
 
@@ -8,7 +8,13 @@ import torch
 
 from pyro_lfvi import LFVI
 from pyro_lfvi.examples import ConjugateNormal
-from pyro_lfvi.reweighting import PosteriorShift, posterior_shift
+from pyro_lfvi.reweighting import (
+    PosteriorShift,
+    effective_fraction,
+    log_weights,
+    posterior_shift,
+    systematic_resample,
+)
 
 
 def guide_pairs(num=64):
@@ -87,3 +93,28 @@ def test_nothing_to_reweight():
     for pair in pairs:
         pair.q_global.clear()
     assert posterior_shift(zero, zero, pairs) == {}
+
+
+def test_systematic_resampling_keeps_proportions_without_needless_repeats():
+    # Equal weights: every draw once. Weights 1/4 and 3/4: exactly 1 and 3 of 4 picks.
+    picks = systematic_resample(torch.zeros(8), 8)
+    assert sorted(picks.tolist()) == list(range(8))
+    picks = systematic_resample(torch.tensor([0.25, 0.75]).log(), 4)
+    assert torch.bincount(picks, minlength=2).tolist() == [1, 3]
+    # A weight of zero is never picked; every pick is a valid index.
+    picks = systematic_resample(torch.tensor([0.0, -math.inf, 0.0]), 100)
+    assert set(picks.tolist()) == {0, 2}
+
+
+def test_effective_fraction_of_equal_and_single_weights():
+    assert effective_fraction(torch.zeros(10)) == pytest.approx(1.0)
+    assert effective_fraction(torch.tensor([0.0, -math.inf, -math.inf, -math.inf])) == (
+        pytest.approx(0.25)
+    )
+
+
+def test_log_weights_sum_each_particles_points_scaled_to_the_full_data():
+    pairs, _, _ = guide_pairs(num=2)
+    values, log_w = log_weights(zero, lambda p: spread(p, draws(p)), pairs)
+    assert set(values) == {"mu"} and values["mu"].shape == (log_w.numel(), 1)
+    assert torch.allclose(log_w, values["mu"].reshape(-1).double(), atol=1e-5)
