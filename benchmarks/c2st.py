@@ -291,7 +291,12 @@ def main() -> None:
                     f"  reweighted: C2ST {c2st(resampled, reference, seed):.3f}, mean err "
                     f"{r_error:.2f}, sds {r_low:.2f}-{r_high:.2f}, ESS "
                     f"{post.attrs['reweighted_effective_fraction']:.2f}"
-                    + ("" if post.attrs["reweighted"] else f" (kept the guide's: {len(kept)})")
+                    + (
+                        ""
+                        if post.attrs["reweighted"]
+                        else " (the guide's draws: "
+                        + ("weights collapsed)" if kept else "the check found no lag)")
+                    )
                 )
             gain = ""
             if args.check:

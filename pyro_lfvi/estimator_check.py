@@ -165,6 +165,7 @@ class EstimatorCheck:
         copy's log ratios at the observed data, as the ELBO evaluates them, for
         :func:`~pyro_lfvi.reweighted_globals` (None for the joint classifier). A contrastive
         copy that stopped early, clearly ahead, trains to the end on its first call.
+    :param float threshold: the gain above which the check counts a lag.
     """
 
     online_loss: float
@@ -177,6 +178,7 @@ class EstimatorCheck:
     log_ratios: Callable[[], tuple[LogRatio, LogRatio]] | None = field(
         default=None, repr=False, compare=False
     )
+    threshold: float = GAIN_THRESHOLD
 
     @property
     def failed(self) -> list[str]:
@@ -474,6 +476,7 @@ def check_ratio_estimator(
     refined_loss = _mean_loss(estimator, refined, test)
     sims = sum(int(p.p_observed[p.roles.observed[0]].shape[:2].numel()) for p in pairs)
     result = EstimatorCheck(online_loss, refined_loss, updates, sims, False, coordinates)
+    result.threshold = threshold
     # The networks as they are now, should training go on after the check.
     snapshot = copy.deepcopy(online)
     refined = snapshot if refined is online else refined

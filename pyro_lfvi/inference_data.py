@@ -210,7 +210,10 @@ def to_inference_data(
     check trained to convergence at the final guide
     (:func:`~pyro_lfvi.reweighted_globals`): where the
     estimator lagged behind the guide (the check warns), this corrects the
-    blur it left; where it kept up, the draws are the guide's. The
+    blur it left. Where the copy is no better than the estimator on held-out
+    simulations (a gain at most the check's threshold), the guide's draws are
+    kept: a copy that has not improved differs from the estimator only by
+    noise, which would move the draws for nothing. The
     ``posterior`` group's attributes ``reweighted`` (1 or 0) and
     ``reweighted_effective_fraction`` say whether it was done and the weights'
     effective sample size over the draws they were resampled from. When that
@@ -322,7 +325,10 @@ def to_inference_data(
     post_globals: dict[str, Site] | None = None
     effective: float | None = None
     reweighted = False
-    if reweight:
+    check = getattr(lfvi, "estimator_check", None)
+    if reweight and check is not None and check.log_ratios and check.gain <= check.threshold:
+        effective = 1.0  # the copy is no better than the estimator: nothing to correct
+    elif reweight:
         assert lfvi is not None
         resampled, effective = reweighted_globals(
             lfvi, model, guide, *args, num_samples=num_samples * num_chains, **kwargs

@@ -198,7 +198,9 @@ def reweighted_globals(
     trained to convergence at the final guide (on sbibm's ``two_moons``, README
     "Accuracy"). Where it kept up, the weights are equal and the draws are the
     guide's. The guide's draws of the local latents are not reweighted.
-    :func:`~pyro_lfvi.to_inference_data` calls it with ``reweight=True``.
+    :func:`~pyro_lfvi.to_inference_data` calls it with ``reweight=True`` when
+    the check found a lag (a gain above its threshold); this function reweights
+    whatever the gain.
 
     It draws :data:`~pyro_lfvi.reweighting.POOL_FACTOR` times ``num_samples`` draws from the guide,
     with the simulations a training step makes for each (so the cost is that

@@ -213,8 +213,9 @@ def _checked_at_exact_posterior(slope):
     def refined(pair):
         return _per_point(pair, slope * (pair.q_global["mu"].reshape(-1) - mean) / sd)
 
+    # A copy that beat the estimator by 1 nat: the check found a lag.
     elbo.estimator_check = EstimatorCheck(
-        0.0, 0.0, 0, 0, False, log_ratios=lambda: (online, refined)
+        1.0, 0.0, 0, 0, True, log_ratios=lambda: (online, refined)
     )
     return problem, elbo, mean, sd
 
@@ -264,7 +265,7 @@ def test_reweighting_draws_locals_at_the_resampled_globals():
     def same(pair):
         return torch.zeros(pair.num_particles, pair.roles.num_points)
 
-    elbo.estimator_check = EstimatorCheck(0.0, 0.0, 0, 0, False, log_ratios=lambda: (same, same))
+    elbo.estimator_check = EstimatorCheck(1.0, 0.0, 0, 0, True, log_ratios=lambda: (same, same))
     idata = to_inference_data(
         *_args(problem), num_samples=25, num_chains=2, lfvi=elbo, reweight=True
     )
@@ -276,6 +277,20 @@ def test_reweighting_draws_locals_at_the_resampled_globals():
     assert idata["posterior_predictive"]["y"].shape == (2, 25, 7, 10)
 
 
+def test_a_copy_no_better_than_the_estimator_reweights_nothing():
+    # Gain 0: the check found no lag, so the copy's log ratios are not even asked for.
+    pyro.set_rng_seed(0)
+    problem, elbo, mean, sd = _checked_at_exact_posterior(0.5)
+
+    def unused():
+        raise AssertionError("a copy that did not improve must not reweight")
+
+    elbo.estimator_check = EstimatorCheck(0.5, 0.5, 0, 0, False, log_ratios=unused)
+    post = _reweighted_mu(problem, elbo, 100)
+    assert post.attrs["reweighted"] == 0 and post.attrs["reweighted_effective_fraction"] == 1.0
+    assert abs(post["mu"].values.mean() - mean) < 0.25 * sd
+
+
 def test_reweighting_needs_a_checked_lfvi_with_a_log_likelihood():
     problem = ConjugateNormal()
     args = (problem.model, problem.guide, problem.data)
@@ -284,6 +299,6 @@ def test_reweighting_needs_a_checked_lfvi_with_a_log_likelihood():
     elbo = LFVI()
     with pytest.raises(ValueError, match="actual one never checked"):
         to_inference_data(*args, num_samples=10, lfvi=elbo, reweight=True)
-    elbo.estimator_check = EstimatorCheck(0.0, 0.0, 0, 0, False)  # the joint classifier's
+    elbo.estimator_check = EstimatorCheck(1.0, 0.0, 0, 0, True)  # the joint classifier's
     with pytest.raises(ValueError, match="actual the joint classifier"):
         to_inference_data(*args, num_samples=10, lfvi=elbo, reweight=True)
