@@ -31,6 +31,11 @@ That is the posterior under the refined likelihood by importance sampling
 with the guide as proposal, to first order in the difference: where the copy
 differs from the online estimator only by a function of the data alone
 (which the posterior does not see) every weight is equal and nothing moves.
+
+:func:`reweighted_globals` uses the same weights to resample the guide's draws
+(:func:`systematic_resample`): a posterior that follows the copy's likelihood
+rather than the lagging estimator's, for
+:func:`~pyro_lfvi.to_inference_data` with ``reweight=True``.
 """
 
 from __future__ import annotations
@@ -195,8 +200,8 @@ def reweighted_globals(
 
     (see :mod:`pyro_lfvi.reweighting`). Where the estimator lagged, the guide
     followed a blurred likelihood; the reweighted draws follow the copy's,
-    trained to convergence at the final guide (on sbibm's ``two_moons``, README
-    "Accuracy"). Where it kept up, the weights are equal and the draws are the
+    trained to convergence at the final guide (sbibm's ``two_moons``: README,
+    "A single observation"). Where it kept up, the weights are equal and the draws are the
     guide's. The guide's draws of the local latents are not reweighted.
     :func:`~pyro_lfvi.to_inference_data` calls it with ``reweight=True`` when
     the check found a lag (a gain above its threshold); this function reweights

@@ -3,10 +3,11 @@
 import math
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_lfvi import LFVI
+from pyro_lfvi import LFVI, EstimatorCheck, reweighted_globals
 from pyro_lfvi.examples import ConjugateNormal
 from pyro_lfvi.reweighting import (
     PosteriorShift,
@@ -118,3 +119,29 @@ def test_log_weights_sum_each_particles_points_scaled_to_the_full_data():
     values, log_w = log_weights(zero, lambda p: spread(p, draws(p)), pairs)
     assert set(values) == {"mu"} and values["mu"].shape == (log_w.numel(), 1)
     assert torch.allclose(log_w, values["mu"].reshape(-1).double(), atol=1e-5)
+
+
+def test_reweighting_needs_globals_and_finite_log_ratios():
+    problem = ConjugateNormal()
+    elbo = LFVI()
+    args = (elbo, problem.model, problem.guide, problem.data)
+
+    def nan(pair):
+        return torch.full((pair.num_particles, pair.roles.num_points), math.nan)
+
+    elbo.estimator_check = EstimatorCheck(1.0, 0.0, 0, 0, True, log_ratios=lambda: (zero, nan))
+    with pytest.raises(ValueError, match="actual none finite at any of 32 draws"):
+        reweighted_globals(*args, num_samples=8)
+
+    def local_model(data):
+        with pyro.plate("data", len(data)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=data)
+
+    def local_guide(data):
+        with pyro.plate("data", len(data)):
+            pyro.sample("z", dist.Normal(pyro.param("z_loc", torch.zeros(len(data))), 1.0))
+
+    elbo.estimator_check = EstimatorCheck(1.0, 0.0, 0, 0, True, log_ratios=lambda: (zero, zero))
+    with pytest.raises(ValueError, match=r"actual only local ones \(z\)"):
+        reweighted_globals(elbo, local_model, local_guide, torch.zeros(4), num_samples=8)
