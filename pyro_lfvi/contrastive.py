@@ -703,6 +703,23 @@ class ContrastiveRatioEstimator(RatioEstimator):
         (``self_normalize`` and more than one data point)."""
         return self.self_normalize and pair.roles.full_size > 1
 
+    def at_data(
+        self, net: ContrastiveNetwork, pair: PairedJoints, valid: torch.Tensor
+    ) -> torch.Tensor:
+        """``net``'s log ratio at the pairing's observed data and the guide's draws,
+        as the ELBO follows it: minus :meth:`log_normalizer` over the simulations
+        ``valid`` marks where :meth:`normalizes` says so.
+
+        :param ContrastiveNetwork net: the estimator's network (or a copy of it).
+        :param PairedJoints pair: one step's paired joints.
+        :param torch.Tensor valid: ``(P, M)`` mask of the finite simulations.
+        :rtype: torch.Tensor
+        """
+        log_ratio = net(pair.q_observed, pair.q_local, pair.q_global)
+        if self.normalizes(pair):
+            log_ratio = log_ratio - self.log_normalizer(net, pair, valid)
+        return log_ratio
+
     def log_normalizer(
         self,
         net: ContrastiveNetwork,
@@ -788,8 +805,6 @@ class ContrastiveRatioEstimator(RatioEstimator):
         valid = finite_simulations(pair)
         loss, stats = self._training(net, pair, valid, update)
         with frozen_weights(net):
-            log_ratio = net(pair.q_observed, pair.q_local, pair.q_global)
-            if normalized:
-                log_ratio = log_ratio - self.log_normalizer(net, pair, valid)
+            log_ratio = self.at_data(net, pair, valid)
         checked_per_point(log_ratio, pair, "ratio network at the observed data")
         return RatioObjectives(log_ratio=log_ratio, loss=loss, stats=stats)

@@ -244,17 +244,13 @@ class _DensityLogLikelihood:
 
 def _contrastive_at_data(estimator: ContrastiveRatioEstimator, net: ContrastiveNetwork) -> LogRatio:
     """``net``'s log ratio at a pairing's observed data and the guide's draws, as
-    the ELBO evaluates it (self-normalised where the ELBO normalises, over the
-    same simulations for any network)."""
+    the ELBO evaluates it (:meth:`~pyro_lfvi.contrastive.ContrastiveRatioEstimator.at_data`),
+    self-normalised over the same simulations for any network."""
 
     def at_data(pair: PairedJoints) -> torch.Tensor:
-        log_ratio = net(pair.q_observed, pair.q_local, pair.q_global)
-        if estimator.normalizes(pair):
-            with torch.random.fork_rng():
-                torch.manual_seed(0)
-                valid = finite_simulations(pair)
-                log_ratio = log_ratio - estimator.log_normalizer(net, pair, valid)
-        return log_ratio
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return estimator.at_data(net, pair, finite_simulations(pair))
 
     return at_data
 
@@ -394,6 +390,36 @@ def _train_copy(
     return refined, updates, ahead
 
 
+def _contrastive_log_ratios(
+    estimator: ContrastiveRatioEstimator,
+    online: nn.Module,
+    refined: nn.Module,
+    ahead: bool,
+    train: list[PairedJoints],
+    val: list[PairedJoints],
+    max_updates: int,
+    lr: float,
+) -> Callable[[], tuple[LogRatio, LogRatio]]:
+    """:attr:`EstimatorCheck.log_ratios` for the contrastive estimator: the online
+    network as it is now (copied, should training go on after the check) and the
+    copy, trained to the end on the first call if it stopped early, clearly ahead."""
+    snapshot = copy.deepcopy(online)
+    if refined is online:
+        refined = snapshot
+
+    @functools.cache
+    def finished() -> tuple[LogRatio, LogRatio]:
+        copied = refined
+        if ahead:
+            copied = _train_copy(estimator, refined, train, val, max_updates, lr, None)[0]
+        assert isinstance(snapshot, ContrastiveNetwork)
+        assert isinstance(copied, ContrastiveNetwork)
+        at_data = functools.partial(_contrastive_at_data, estimator)
+        return at_data(snapshot), at_data(copied)
+
+    return finished
+
+
 def check_ratio_estimator(
     elbo: LFVI,
     model: Callable[..., object],
@@ -475,33 +501,36 @@ def check_ratio_estimator(
     online_loss = _mean_loss(estimator, online, test)
     refined_loss = _mean_loss(estimator, refined, test)
     sims = sum(int(p.p_observed[p.roles.observed[0]].shape[:2].numel()) for p in pairs)
-    result = EstimatorCheck(online_loss, refined_loss, updates, sims, False, coordinates)
-    result.threshold = threshold
-    # The networks as they are now, should training go on after the check.
-    snapshot = copy.deepcopy(online)
-    refined = snapshot if refined is online else refined
+    shift: dict[str, PosteriorShift] = {}
+    log_ratios: Callable[[], tuple[LogRatio, LogRatio]] | None = None
     if density is not None:  # what the copy's density would do to the posterior
+        # The online network as it is now, should training go on after the check.
+        snapshot = copy.deepcopy(online)
+        refined = snapshot if refined is online else refined
         assert isinstance(refined, MixtureDensityNetwork)
         assert isinstance(snapshot, MixtureDensityNetwork)
         copied = _DensityLogLikelihood(density.estimator, refined)
-        result.shift = posterior_shift(density.at_data, copied.at_data, pairs)
-        log_ratios = (_DensityLogLikelihood(density.estimator, snapshot).at_data, copied.at_data)
-        result.log_ratios = lambda: log_ratios
+        shift = posterior_shift(density.at_data, copied.at_data, pairs)
+        kept = (_DensityLogLikelihood(density.estimator, snapshot).at_data, copied.at_data)
+
+        def log_ratios() -> tuple[LogRatio, LogRatio]:
+            return kept
+
     elif isinstance(estimator, ContrastiveRatioEstimator):
-        assert isinstance(snapshot, ContrastiveNetwork)
-
-        @functools.cache
-        def finished() -> tuple[LogRatio, LogRatio]:
-            """The log ratios of the online network and of the copy trained to the end
-            (it stopped early if it was clearly ahead)."""
-            copied = refined
-            if ahead:
-                copied = _train_copy(estimator, refined, train, val, max_updates, lr, None)[0]
-            assert isinstance(copied, ContrastiveNetwork)
-            at_data = functools.partial(_contrastive_at_data, estimator)
-            return at_data(snapshot), at_data(copied)
-
-        result.log_ratios = finished
+        log_ratios = _contrastive_log_ratios(
+            estimator, online, refined, ahead, train, val, max_updates, lr
+        )
+    result = EstimatorCheck(
+        online_loss,
+        refined_loss,
+        updates,
+        sims,
+        False,
+        coordinates,
+        shift,
+        log_ratios=log_ratios,
+        threshold=threshold,
+    )
     elbo.estimator_check = result
     # The likelihood estimator's lag matters only if it would move the posterior.
     lagged = result.gain > threshold and (
