@@ -161,7 +161,7 @@ def fit(
 
 
 def reweighted_draws(problem: Task, elbo: LFVI, num: int) -> tuple[torch.Tensor, Any]:
-    """``(num, dim)`` draws of ``to_inference_data(..., reweight=True)`` after a fit
+    """``(num, dim)`` draws of ``to_inference_data(..., lfvi=elbo, reweight=True)`` after a fit
     (its end-of-training check run), and the ``posterior`` group they came in."""
     guide_trace = pyro.poutine.trace(problem.guide).get_trace(problem.data)
     latent = next(n for n, v in guide_trace.nodes.items() if v["type"] == "sample")
@@ -224,7 +224,7 @@ def main() -> None:
     parser.add_argument(
         "--reweight",
         action="store_true",
-        help="also score to_inference_data(..., reweight=True)'s draws (the guide's, "
+        help="also score to_inference_data(..., lfvi=elbo)'s draws (by default the guide's, "
         "importance-resampled by the end-of-training check's copy of the ratio estimator; "
         "runs the check)",
     )

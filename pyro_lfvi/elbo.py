@@ -497,7 +497,7 @@ class LFVI(TrainingControls, ELBO):
         self.monitor: TrainingMonitor | None = TrainingMonitor() if diagnostics else None
         #: What the last :func:`~pyro_lfvi.check_ratio_estimator` measured (an
         #: :class:`~pyro_lfvi.EstimatorCheck`; None before the first check), for
-        #: :func:`~pyro_lfvi.to_inference_data` with ``reweight=True``.
+        #: :func:`~pyro_lfvi.to_inference_data`'s reweighting.
         self.estimator_check: EstimatorCheck | None = None
         if callback is not None and not callable(callback):
             raise ValueError(f"Expected callback to be callable or None, actual {callback!r}")

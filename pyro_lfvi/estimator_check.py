@@ -53,10 +53,10 @@ alone decides).
 
 The contrastive and the likelihood estimators' copies, trained to the end,
 stay in the result (``log_ratios``):
-:func:`~pyro_lfvi.reweighted_globals`, and :func:`~pyro_lfvi.to_inference_data` with
-``reweight=True``, importance-resample the guide's globals by how much the copy
-raises the likelihood of the observed data, for a posterior that follows the
-copy rather than the estimator that lagged.
+:func:`~pyro_lfvi.reweighted_globals`, and :func:`~pyro_lfvi.to_inference_data`
+where the check found a lag (by default), importance-resample the guide's
+globals by how much the copy raises the likelihood of the observed data, for a
+posterior that follows the copy rather than the estimator that lagged.
 
 The default threshold, 0.02 nats, is a log-ratio error of about 0.3 (for a
 logit error :math:`\epsilon` near chance each of the two terms grows by about
@@ -579,9 +579,9 @@ def _moves(result: EstimatorCheck) -> str:
 
 
 _REWEIGHT = (
-    "With few data points (a single observation), to_inference_data(..., lfvi=elbo, "
-    "reweight=True) importance-resamples the guide's globals by that copy instead "
-    "(README, 'A single observation')."
+    "With few data points (a single observation), to_inference_data(..., lfvi=elbo) "
+    "importance-resamples the guide's globals by that copy instead (reweight='auto', its "
+    "default; README, 'A single observation'); it warns where the weights cannot carry that."
 )
 
 

@@ -174,7 +174,7 @@ def to_inference_data(
     dims: Mapping[str, Sequence[str]] | None = None,
     prior: bool = True,
     var_names: Sequence[str] | None = None,
-    reweight: bool = False,
+    reweight: bool | str = "auto",
     **kwargs: Any,
 ) -> Any:
     """
@@ -204,23 +204,25 @@ def to_inference_data(
     ``<site>_dim_<k>`` unless ``dims`` renames them. A subsampled data plate
     is swept in minibatches so that every data point gets its local draws.
 
-    With ``reweight=True`` the globals in ``posterior`` (and the locals and
+    With ``lfvi`` given, and where :func:`~pyro_lfvi.fit`'s end-of-training
+    check found that the ratio estimator lagged behind the guide (it warned:
+    its copy, trained to convergence at the final guide, beat the estimator by
+    more than its threshold), the globals in ``posterior`` (and the locals and
     simulations drawn at them) are the guide's draws importance-resampled by
-    the ratio estimator's copy that :func:`~pyro_lfvi.fit`'s end-of-training
-    check trained to convergence at the final guide
-    (:func:`~pyro_lfvi.reweighted_globals`): where the
-    estimator lagged behind the guide (the check warns), this corrects the
-    blur it left. Where the copy is no better than the estimator on held-out
-    simulations (a gain at most the check's threshold), the guide's draws are
-    kept: a copy that has not improved differs from the estimator only by
-    noise, which would move the draws for nothing. The
-    ``posterior`` group's attributes ``reweighted`` (1 or 0) and
-    ``reweighted_effective_fraction`` say whether it was done and the weights'
-    effective sample size over the draws they were resampled from. When that
-    leaves fewer effective draws than asked for (as with many data points,
-    where small errors per point add up), the guide's draws are kept, with an
-    :class:`~pyro_lfvi.LFVIWarning`. Meant for few data points, such as a
-    single observation.
+    that copy (:func:`~pyro_lfvi.reweighted_globals`): this corrects the blur
+    the lagging estimator left in the guide (``reweight="auto"``, the
+    default). Where the copy is no better than the estimator (a gain at most
+    the check's threshold), the guide's draws are kept: a copy that has not
+    improved differs from the estimator only by noise, which would move the
+    draws for nothing. The ``posterior`` group's attributes ``reweighted`` (1
+    or 0) and ``reweighted_effective_fraction`` say whether it was done and the
+    weights' effective sample size over the draws they were resampled from.
+    When that leaves fewer effective draws than asked for (as with many data
+    points, where small errors per point add up), the guide's draws are kept,
+    with an :class:`~pyro_lfvi.LFVIWarning`. It helps with few data points,
+    such as a single observation. ``reweight=False`` always returns the
+    guide's draws; ``reweight=True`` requires the reweighting (an error
+    without a checked ``lfvi`` whose estimator has a log likelihood).
 
     With ArviZ 0.x this is an :class:`arviz.InferenceData`; with ArviZ >= 1.0
     an :class:`xarray.DataTree` with the same groups.
@@ -261,13 +263,25 @@ def to_inference_data(
         the predictive groups and ``observed_data``, which are left out when
         no observed site is named.
     :type var_names: list of str or None
-    :param bool reweight: importance-resample the globals by the last
-        :func:`~pyro_lfvi.check_ratio_estimator` of ``lfvi`` (default False;
-        needs ``lfvi``, with the contrastive or likelihood estimator).
+    :param reweight: importance-resample the globals by the last
+        :func:`~pyro_lfvi.check_ratio_estimator` of ``lfvi`` where it found a
+        lag: ``"auto"`` (the default) where ``lfvi`` was checked and its
+        estimator has a log likelihood (the contrastive or likelihood
+        estimator), ``True`` requires it, ``False`` never.
+    :type reweight: bool or str
     """
     num_samples = check_positive_int("num_samples", num_samples)
     num_chains = check_positive_int("num_chains", num_chains)
-    if reweight and lfvi is None:
+    if reweight not in (True, False, "auto"):
+        raise ValueError(
+            f"Expected reweight=True, False or 'auto', actual {reweight!r}: 'auto' (the default) "
+            "reweights where the end-of-training check found a lag, True requires it, False "
+            "returns the guide's draws"
+        )
+    check = getattr(lfvi, "estimator_check", None)
+    if reweight == "auto":  # reweight=True, but only where it applies
+        reweight = check is not None and check.log_ratios is not None
+    if reweight is True and lfvi is None:
         raise ValueError(
             "Expected lfvi=<the LFVI instance used to fit> with reweight=True, actual None: "
             "the reweighting uses its end-of-training check"
@@ -325,7 +339,6 @@ def to_inference_data(
     post_globals: dict[str, Site] | None = None
     effective: float | None = None
     reweighted = False
-    check = getattr(lfvi, "estimator_check", None)
     if reweight and check is not None and check.log_ratios and check.gain <= check.threshold:
         effective = 1.0  # the copy is no better than the estimator: nothing to correct
     elif reweight:
@@ -390,13 +403,15 @@ def _enough(effective: float, wanted: int) -> bool:
     if effective * pool >= wanted:
         return True
     warnings.warn(
-        f"reweight=True: kept the guide's draws, since the reweighted posterior would rest on "
+        "to_inference_data kept the guide's draws instead of reweighting them by the "
+        "end-of-training check's copy of the ratio estimator (the check found that the estimator "
+        f"lagged behind the guide), since the reweighted posterior would rest on "
         f"about {effective * pool:.0f} effective draws of the {pool} it resamples {wanted} from "
         f"(effective sample size {effective:.1%}). The check's copy of the ratio estimator "
         "changes the likelihood of the data too much for importance weights to carry (with "
-        "many data points, small errors per point add up): trust the guide only if the "
-        "end-of-training check did not warn; otherwise train longer or give the ratio "
-        "estimator faster updates, then convert again",
+        "many data points, small errors per point add up). Do not trust these draws: the "
+        "guide followed a lagging estimator. Train longer or give the ratio estimator faster "
+        "updates (the check's warning says how), then convert again",
         LFVIWarning,
         stacklevel=3,
     )

@@ -250,7 +250,7 @@ def test_reweighting_tilts_the_globals_as_the_checks_copy_says(seed):
 def test_reweighting_whose_weights_collapse_keeps_the_guides_draws_and_warns():
     pyro.set_rng_seed(0)
     problem, elbo, mean, sd = _checked_at_exact_posterior(50.0)
-    with pytest.warns(LFVIWarning, match="reweight=True: kept the guide's draws"):
+    with pytest.warns(LFVIWarning, match="kept the guide's draws instead of reweighting"):
         post = _reweighted_mu(problem, elbo, 100)
     assert post.attrs["reweighted"] == 0 and post.attrs["reweighted_effective_fraction"] < 0.25
     assert abs(post["mu"].values.mean() - mean) < 0.25 * sd
@@ -289,6 +289,45 @@ def test_a_copy_no_better_than_the_estimator_reweights_nothing():
     post = _reweighted_mu(problem, elbo, 100)
     assert post.attrs["reweighted"] == 0 and post.attrs["reweighted_effective_fraction"] == 1.0
     assert abs(post["mu"].values.mean() - mean) < 0.25 * sd
+
+
+def test_the_default_reweights_where_the_check_found_a_lag():
+    # reweight="auto": the same tilt as reweight=True, without asking.
+    pyro.set_rng_seed(0)
+    slope = 0.5
+    problem, elbo, mean, sd = _checked_at_exact_posterior(slope)
+    args = (problem.model, problem.guide, problem.data)
+    post = to_inference_data(*args, num_samples=250, lfvi=elbo, prior=False, var_names=["mu"])[
+        "posterior"
+    ]
+    assert post.attrs["reweighted"] == 1
+    assert abs(post["mu"].values.mean() - (mean + slope * sd)) < 0.25 * sd
+
+
+def test_the_default_keeps_the_guides_draws_where_it_cannot_reweight():
+    # No lfvi, an lfvi never checked, or the joint classifier's check: the guide's
+    # draws, without an error or a reweighting attribute.
+    pyro.set_rng_seed(0)
+    problem, elbo, mean, sd = _checked_at_exact_posterior(5.0)
+    args = (problem.model, problem.guide, problem.data)
+    options = {"num_samples": 250, "prior": False, "var_names": ["mu"]}
+    unchecked = LFVI()
+    joint = LFVI()
+    joint.estimator_check = EstimatorCheck(1.0, 0.0, 0, 0, True)  # no log ratios
+    for lfvi in (None, unchecked, joint):
+        post = to_inference_data(*args, lfvi=lfvi, **options)["posterior"]
+        assert "reweighted" not in post.attrs
+        assert abs(post["mu"].values.mean() - mean) < 0.25 * sd
+    post = to_inference_data(*args, lfvi=elbo, reweight=False, **options)["posterior"]
+    assert "reweighted" not in post.attrs
+    assert abs(post["mu"].values.mean() - mean) < 0.25 * sd
+
+
+def test_reweight_must_be_true_false_or_auto():
+    problem = ConjugateNormal()
+    args = (problem.model, problem.guide, problem.data)
+    with pytest.raises(ValueError, match="Expected reweight=True, False or 'auto', actual 'yes'"):
+        to_inference_data(*args, num_samples=10, reweight="yes")
 
 
 def test_reweighting_needs_a_checked_lfvi_with_a_log_likelihood():

@@ -14,9 +14,10 @@ The defaults miss the target on slcp and on two_moons' seeds 0 and 1, loudly:
 the end-of-training check of the ratio estimator warns. It also warns on
 two_moons seed 2, which meets the target. Those tests are strict expected
 failures that state the measured figures: they fail once LFVI reaches the
-target without a false alarm. Converted with ``reweight=True`` (the guide's
-draws importance-resampled by the check's copy of the ratio estimator), the
-defaults' two_moons posterior meets the target on every seed. (Non-default settings that bring every
+target without a false alarm. Converted by ``to_inference_data(..., lfvi=elbo)``,
+which by default importance-resamples the guide's draws by the check's copy of
+the ratio estimator where the check found a lag, the defaults' two_moons
+posterior meets the target on every seed. (Non-default settings that bring every
 two_moons seed below 0.70 are in the docstring of
 :class:`pyro_lfvi.examples.TwoMoons`.)
 
@@ -149,8 +150,9 @@ def test_c2st_at_most_the_target_and_a_warning_exactly_when_missed(task, seed):
 
 
 # The defaults' two_moons fits (which miss on seeds 0 and 1, and warn), converted with
-# to_inference_data(..., reweight=True): the guide's globals importance-resampled by the
-# end-of-training check's copy of the ratio estimator (README, "A single observation").
+# to_inference_data(..., lfvi=elbo), whose default reweight="auto" importance-resamples the
+# guide's globals by the end-of-training check's copy of the ratio estimator where the check
+# found a lag (README, "A single observation").
 # Target from the issue "Posteriors you can trust on real simulators": C2ST at most 0.70.
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
