@@ -161,8 +161,9 @@ def fit(
 
 
 def reweighted_draws(problem: Task, elbo: LFVI, num: int) -> tuple[torch.Tensor, Any]:
-    """``(num, dim)`` draws of ``to_inference_data(..., lfvi=elbo, reweight=True)`` after a fit
-    (its end-of-training check run), and the ``posterior`` group they came in."""
+    """``(num, dim)`` draws of ``to_inference_data(..., lfvi=elbo)`` after a fit (its
+    end-of-training check run; by default reweighted where the check found a lag), and the
+    ``posterior`` group they came in."""
     guide_trace = pyro.poutine.trace(problem.guide).get_trace(problem.data)
     latent = next(n for n, v in guide_trace.nodes.items() if v["type"] == "sample")
     idata = to_inference_data(
@@ -172,7 +173,6 @@ def reweighted_draws(problem: Task, elbo: LFVI, num: int) -> tuple[torch.Tensor,
         num_samples=num,
         num_chains=1,
         lfvi=elbo,
-        reweight=True,
         prior=False,
         var_names=[latent],
     )

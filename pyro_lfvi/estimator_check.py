@@ -89,18 +89,26 @@ import copy
 import functools
 import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
-from .contrastive import ContrastiveNetwork, ContrastiveRatioEstimator, finite_simulations
+from .contrastive import ContrastiveNetwork, ContrastiveRatioEstimator
 from .curvature import Curvature, Normalizer, curvature
 from .errors import LFVIWarning
 from .joint import JointRatioEstimator
 from .likelihood import LikelihoodEstimator, MixtureDensityNetwork
+from .refined_copy import (
+    Checked,
+    DensityLogLikelihood,
+    bank,
+    contrastive_log_ratios,
+    mean_loss,
+    online_network,
+    train_copy,
+)
 from .reweighting import LogRatio, PosteriorShift, posterior_shift
 from .validation import check_positive_int, check_positive_number
 
@@ -134,11 +142,6 @@ MIN_EFFECTIVE = math.exp(-0.25)
 likelihood estimator's lag test counts the reweighting as a change of the
 posterior whatever its means and sds do (a change of shape, as when two modes
 blur): that of a Normal whose mean moves by 0.5 sds, the accuracy target."""
-
-PAIRS_PER_UPDATE = 4
-"""Training steps' worth of simulations in each update of the copy; it is
-evaluated for early stopping every 100 updates and stops after 5 without
-improvement."""
 
 
 @dataclass
@@ -212,77 +215,6 @@ class EstimatorCheck:
         return self.online_loss - self.refined_loss
 
 
-Checked = ContrastiveRatioEstimator | JointRatioEstimator | LikelihoodEstimator
-
-
-class _DensityLogLikelihood:
-    """The likelihood estimator's density seen as :func:`~pyro_lfvi.curvature.curvature`
-    sees a contrastive network (:class:`~pyro_lfvi.curvature.LogLikelihood`)."""
-
-    theta = staticmethod(ContrastiveNetwork.theta)
-
-    def __init__(self, estimator: LikelihoodEstimator, net: MixtureDensityNetwork) -> None:
-        self.estimator, self.net = estimator, net
-
-    def embed(self, observed: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.estimator.observed_features(observed)
-
-    def classify(
-        self,
-        embedded: torch.Tensor,
-        local: Mapping[str, torch.Tensor],
-        global_: Mapping[str, torch.Tensor],
-    ) -> torch.Tensor:
-        return self.net(embedded, self.theta(local, global_, embedded.shape[:-1]))
-
-    def at_data(self, pair: PairedJoints) -> torch.Tensor:
-        """The density's log likelihood of the pairing's observed data at the
-        guide's draws, as the ELBO evaluates it."""
-        observed = self.embed(pair.q_observed)
-        return self.classify(observed, pair.q_local, pair.q_global)
-
-
-def _contrastive_at_data(estimator: ContrastiveRatioEstimator, net: ContrastiveNetwork) -> LogRatio:
-    """``net``'s log ratio at a pairing's observed data and the guide's draws, as
-    the ELBO evaluates it (:meth:`~pyro_lfvi.contrastive.ContrastiveRatioEstimator.at_data`),
-    self-normalised over the same simulations for any network."""
-
-    def at_data(pair: PairedJoints) -> torch.Tensor:
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            return estimator.at_data(net, pair, finite_simulations(pair))
-
-    return at_data
-
-
-def _loss(
-    estimator: Checked, net: nn.Module, pair: PairedJoints, scored: bool = False
-) -> torch.Tensor:
-    """The estimator's own training loss of ``net`` on one pairing (``scored``:
-    the loss the check compares, the same but for the likelihood estimator's,
-    the pairwise log loss of its log ratio)."""
-    if isinstance(estimator, JointRatioEstimator):
-        return estimator.ratio_loss(*estimator.training_logits(net, pair))
-    if isinstance(estimator, LikelihoodEstimator):
-        assert isinstance(net, MixtureDensityNetwork)
-        if scored:
-            return estimator.pairwise_loss(net, pair)
-        return estimator.simulation_loss(net, pair)
-    assert isinstance(net, ContrastiveNetwork)
-    return estimator._training(net, pair, finite_simulations(pair), update=False)[0]
-
-
-def online_network(estimator: object) -> nn.Module | None:
-    """The network :func:`check_ratio_estimator` checks: the contrastive
-    estimator's, the likelihood estimator's or the joint classifier's, once
-    built; None for an estimator not yet trained or of another kind."""
-    if isinstance(estimator, ContrastiveRatioEstimator | LikelihoodEstimator):
-        return estimator.network
-    if isinstance(estimator, JointRatioEstimator):
-        return estimator.discriminator
-    return None
-
-
 def _online(elbo: LFVI) -> tuple[Checked, nn.Module]:
     """The trained estimator and its online network, or a ``ValueError``."""
     estimator = elbo.estimator
@@ -302,23 +234,6 @@ def _online(elbo: LFVI) -> tuple[Checked, nn.Module]:
     return estimator, net
 
 
-def _bank(
-    elbo: LFVI,
-    model: Callable[..., object],
-    guide: Callable[..., object],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    num_batches: int,
-) -> list[PairedJoints]:
-    """``num_batches`` pairings drawn as training steps would draw them (one
-    per step when particles are vectorised, else one per particle)."""
-    pairs: list[PairedJoints] = []
-    with torch.no_grad(), torch.random.fork_rng():
-        while len(pairs) < num_batches:
-            pairs.extend(elbo._pair(model, guide, args, kwargs))
-    return pairs[:num_batches]
-
-
 def _normalizer(
     estimator: Checked, net: ContrastiveNetwork, pair: PairedJoints
 ) -> Normalizer | None:
@@ -332,92 +247,6 @@ def _normalizer(
         return None
 
     return functools.partial(estimator.log_normalizer, net)
-
-
-def _mean_loss(estimator: Checked, net: nn.Module, pairs: list[PairedJoints]) -> float:
-    """Mean training loss over ``pairs``, with the same contrasts for any network."""
-    with torch.no_grad(), torch.random.fork_rng():
-        torch.manual_seed(0)
-        total = sum(float(_loss(estimator, net, p, scored=True)) for p in pairs)
-    return total / len(pairs)
-
-
-def _train_copy(
-    estimator: Checked,
-    start: nn.Module,
-    train: list[PairedJoints],
-    val: list[PairedJoints],
-    max_updates: int,
-    lr: float,
-    stop_ahead: float | None,
-) -> tuple[nn.Module, int, bool]:
-    """Train a copy of ``start`` on ``train`` with Adam, keeping the state with the
-    best loss on ``val`` (evaluated every 100 updates; 5 without improvement stop
-    it); with ``stop_ahead``, stop once that far below ``start``'s loss. Returns
-    the copy (``start`` itself if training never helped), the updates and
-    whether it stopped ahead."""
-    refined = copy.deepcopy(start)
-    params = [p for n, p in refined.named_parameters() if not n.endswith("standardization")]
-    for p in params:
-        p.requires_grad_(True)
-    optim = torch.optim.Adam(params, lr=lr)
-    first = best = _mean_loss(estimator, refined, val)
-    best_state, stale, updates, ahead = None, 0, 0, False
-    with torch.random.fork_rng(), torch.enable_grad():  # also when called under no_grad
-        torch.manual_seed(1)
-        order = torch.randint(len(train), (max_updates, PAIRS_PER_UPDATE))
-        for updates in range(1, max_updates + 1):
-            picks = [train[int(i)] for i in order[updates - 1]]
-            loss = torch.stack([_loss(estimator, refined, p) for p in picks]).mean()
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
-            if updates % 100 == 0:
-                current = _mean_loss(estimator, refined, val)
-                if current < best - 1e-4:
-                    best, stale = current, 0
-                    best_state = copy.deepcopy(refined.state_dict())
-                    if stop_ahead is not None and first - best > stop_ahead:
-                        ahead = True
-                        break  # far ahead on validation: more updates would only cost time
-                else:
-                    stale += 1
-                    if stale >= 5:
-                        break
-    if best_state is None:  # further training never helped
-        return start, updates, False
-    refined.load_state_dict(best_state)
-    return refined, updates, ahead
-
-
-def _contrastive_log_ratios(
-    estimator: ContrastiveRatioEstimator,
-    online: nn.Module,
-    refined: nn.Module,
-    ahead: bool,
-    train: list[PairedJoints],
-    val: list[PairedJoints],
-    max_updates: int,
-    lr: float,
-) -> Callable[[], tuple[LogRatio, LogRatio]]:
-    """:attr:`EstimatorCheck.log_ratios` for the contrastive estimator: the online
-    network as it is now (copied, should training go on after the check) and the
-    copy, trained to the end on the first call if it stopped early, clearly ahead."""
-    snapshot = copy.deepcopy(online)
-    if refined is online:
-        refined = snapshot
-
-    @functools.cache
-    def finished() -> tuple[LogRatio, LogRatio]:
-        copied = refined
-        if ahead:
-            copied = _train_copy(estimator, refined, train, val, max_updates, lr, None)[0]
-        assert isinstance(snapshot, ContrastiveNetwork)
-        assert isinstance(copied, ContrastiveNetwork)
-        at_data = functools.partial(_contrastive_at_data, estimator)
-        return at_data(snapshot), at_data(copied)
-
-    return finished
 
 
 def check_ratio_estimator(
@@ -468,7 +297,7 @@ def check_ratio_estimator(
         (default 64; three quarters train the copy, the rest is split between
         early stopping and the comparison).
     :param int max_updates: most updates of the copy (default 2000), each on
-        :data:`~pyro_lfvi.estimator_check.PAIRS_PER_UPDATE` steps' worth of simulations.
+        :data:`~pyro_lfvi.refined_copy.PAIRS_PER_UPDATE` steps' worth of simulations.
     :param float lr: Adam's learning rate for the copy (default 1e-3).
     :param float threshold: gain in nats above which to warn (default 0.02).
     :param bool warn: warn when the gain exceeds the threshold (default True).
@@ -482,24 +311,22 @@ def check_ratio_estimator(
     lr = check_positive_number("lr", lr)
     threshold = check_positive_number("threshold", threshold)
     estimator, online = _online(elbo)
-    pairs = _bank(elbo, model, guide, args, kwargs, num_batches)
+    pairs = bank(elbo, model, guide, args, kwargs, num_batches)
     coordinates: dict[str, Curvature] = {}
-    density: _DensityLogLikelihood | None = None
+    density: DensityLogLikelihood | None = None
     if isinstance(online, ContrastiveNetwork):
         coordinates = curvature(online, pairs, _normalizer(estimator, online, pairs[0]))
     elif isinstance(online, MixtureDensityNetwork):
         assert isinstance(estimator, LikelihoodEstimator)
-        density = _DensityLogLikelihood(estimator, online)
+        density = DensityLogLikelihood(estimator, online)
         coordinates = curvature(density, pairs)  # a density: nothing to normalise
     held = max(2, num_batches // 8)
     train, val, test = pairs[: -2 * held], pairs[-2 * held : -held], pairs[-held:]
 
     stop_ahead = DECIDED * threshold if density is None else None
-    refined, updates, ahead = _train_copy(
-        estimator, online, train, val, max_updates, lr, stop_ahead
-    )
-    online_loss = _mean_loss(estimator, online, test)
-    refined_loss = _mean_loss(estimator, refined, test)
+    refined, updates, ahead = train_copy(estimator, online, train, val, max_updates, lr, stop_ahead)
+    online_loss = mean_loss(estimator, online, test)
+    refined_loss = mean_loss(estimator, refined, test)
     sims = sum(int(p.p_observed[p.roles.observed[0]].shape[:2].numel()) for p in pairs)
     shift: dict[str, PosteriorShift] = {}
     log_ratios: Callable[[], tuple[LogRatio, LogRatio]] | None = None
@@ -509,15 +336,15 @@ def check_ratio_estimator(
         refined = snapshot if refined is online else refined
         assert isinstance(refined, MixtureDensityNetwork)
         assert isinstance(snapshot, MixtureDensityNetwork)
-        copied = _DensityLogLikelihood(density.estimator, refined)
+        copied = DensityLogLikelihood(density.estimator, refined)
         shift = posterior_shift(density.at_data, copied.at_data, pairs)
-        kept = (_DensityLogLikelihood(density.estimator, snapshot).at_data, copied.at_data)
+        kept = (DensityLogLikelihood(density.estimator, snapshot).at_data, copied.at_data)
 
         def log_ratios() -> tuple[LogRatio, LogRatio]:
             return kept
 
     elif isinstance(estimator, ContrastiveRatioEstimator):
-        log_ratios = _contrastive_log_ratios(
+        log_ratios = contrastive_log_ratios(
             estimator, online, refined, ahead, train, val, max_updates, lr
         )
     result = EstimatorCheck(

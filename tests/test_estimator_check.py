@@ -14,8 +14,9 @@ from pyro_lfvi import (
     fit,
     reweighted_globals,
 )
-from pyro_lfvi.estimator_check import MIN_EFFECTIVE, SHIFT_TOLERANCE, online_network
+from pyro_lfvi.estimator_check import MIN_EFFECTIVE, SHIFT_TOLERANCE
 from pyro_lfvi.examples import GaussianLinear
+from pyro_lfvi.refined_copy import online_network
 from pyro_lfvi.reweighting import PosteriorShift
 
 # The contrastive default, the likelihood estimator and the paper's joint classifier.

@@ -10,8 +10,8 @@ from pyro.distributions import constraints
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
 from pyro_lfvi import LFVI, ImplicitSite, LFVIWarning, Stationarity, check_stationarity
-from pyro_lfvi.estimator_check import online_network
 from pyro_lfvi.examples import ConjugateNormal
+from pyro_lfvi.refined_copy import online_network
 from pyro_lfvi.stationarity import PROBE_PARTICLES
 
 
