@@ -181,7 +181,8 @@ def to_inference_data(
     Draw from a fitted guide and from the model, and return ArviZ data.
 
     Groups: ``posterior`` (every global and local latent, drawn from the
-    guide), ``posterior_predictive`` (the observed sites simulated by the
+    guide, its globals reweighted where ``lfvi``'s check found a lag: see
+    below), ``posterior_predictive`` (the observed sites simulated by the
     model at posterior draws), ``observed_data``, ``prior`` and
     ``prior_predictive`` (simulated from the model) and, when ``lfvi`` has a
     training history, ``training_history`` with one entry per training step
@@ -220,9 +221,12 @@ def to_inference_data(
     When that leaves fewer effective draws than asked for (as with many data
     points, where small errors per point add up), the guide's draws are kept,
     with an :class:`~pyro_lfvi.LFVIWarning`. It helps with few data points,
-    such as a single observation. ``reweight=False`` always returns the
-    guide's draws; ``reweight=True`` requires the reweighting (an error
-    without a checked ``lfvi`` whose estimator has a log likelihood).
+    such as a single observation. It costs
+    :data:`~pyro_lfvi.reweighting.POOL_FACTOR` times the draws' simulations
+    and the copy's training to the end, also where the weights then
+    collapse. ``reweight=False`` always returns the guide's draws, at no such
+    cost; ``reweight=True`` requires the reweighting (an error without a
+    checked ``lfvi`` whose estimator has a log likelihood).
 
     With ArviZ 0.x this is an :class:`arviz.InferenceData`; with ArviZ >= 1.0
     an :class:`xarray.DataTree` with the same groups.
@@ -413,7 +417,7 @@ def _enough(effective: float, wanted: int) -> bool:
         "guide followed a lagging estimator. Train longer or give the ratio estimator faster "
         "updates (the check's warning says how), then convert again",
         LFVIWarning,
-        stacklevel=3,
+        stacklevel=4,  # _enough, to_inference_data, torch.no_grad's wrapper, the caller
     )
     return False
 

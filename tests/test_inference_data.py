@@ -250,8 +250,9 @@ def test_reweighting_tilts_the_globals_as_the_checks_copy_says(seed):
 def test_reweighting_whose_weights_collapse_keeps_the_guides_draws_and_warns():
     pyro.set_rng_seed(0)
     problem, elbo, mean, sd = _checked_at_exact_posterior(50.0)
-    with pytest.warns(LFVIWarning, match="kept the guide's draws instead of reweighting"):
+    with pytest.warns(LFVIWarning, match="kept the guide's draws instead of reweighting") as record:
         post = _reweighted_mu(problem, elbo, 100)
+    assert record[0].filename == __file__  # the warning points at the caller's line
     assert post.attrs["reweighted"] == 0 and post.attrs["reweighted_effective_fraction"] < 0.25
     assert abs(post["mu"].values.mean() - mean) < 0.25 * sd
 
