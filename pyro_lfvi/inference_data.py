@@ -285,7 +285,7 @@ def to_inference_data(
     check = getattr(lfvi, "estimator_check", None)
     if reweight == "auto":  # reweight=True, but only where it applies
         reweight = check is not None and check.log_ratios is not None
-    if reweight is True and lfvi is None:
+    if reweight and lfvi is None:
         raise ValueError(
             "Expected lfvi=<the LFVI instance used to fit> with reweight=True, actual None: "
             "the reweighting uses its end-of-training check"
